@@ -1,0 +1,108 @@
+"""Input validation at the door.
+
+Every public function of regcorrect checks its arguments with these helpers so that bad input
+fails with a :class:`ValueError` / :class:`TypeError` that names the argument and shows the
+expected and the received value, instead of an error from deep inside torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "check_tensor",
+    "check_float",
+    "check_rank",
+    "check_finite",
+    "check_spatial_dims",
+    "check_displacement",
+    "check_same_shape",
+    "check_choice",
+    "check_positive",
+]
+
+
+def check_tensor(value: object, name: str) -> Tensor:
+    """Raise ``TypeError`` unless ``value`` is a tensor; return it."""
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    return value
+
+
+def check_float(value: Tensor, name: str) -> Tensor:
+    """Raise ``TypeError`` unless ``value`` is a floating-point tensor."""
+    check_tensor(value, name)
+    if not value.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {value.dtype}")
+    return value
+
+
+def check_rank(value: Tensor, name: str, ranks: Sequence[int], layout: str = "") -> Tensor:
+    """Raise ``ValueError`` unless ``value.ndim`` is one of ``ranks``."""
+    check_tensor(value, name)
+    if value.ndim not in ranks:
+        expected = " or ".join(f"{r}-D" for r in ranks)
+        hint = f" {layout}" if layout else ""
+        raise ValueError(
+            f"{name} must be a {expected} tensor{hint}, got shape {tuple(value.shape)}"
+        )
+    return value
+
+
+def check_finite(value: Tensor, name: str) -> Tensor:
+    """Raise ``ValueError`` if ``value`` holds NaN or infinity."""
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        bad = int((~torch.isfinite(value)).sum())
+        raise ValueError(f"{name} must be finite, but it holds {bad} NaN/inf values")
+    return value
+
+
+def check_spatial_dims(spatial_dims: int, name: str = "spatial_dims") -> int:
+    """Raise ``ValueError`` unless ``spatial_dims`` is 2 or 3."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"{name} must be 2 or 3, got {spatial_dims!r}")
+    return spatial_dims
+
+
+def check_displacement(displacement: Tensor, name: str = "displacement") -> int:
+    """Check a displacement field ``(B, N, *spatial)`` with ``N == len(spatial)`` in {2, 3}.
+
+    Returns:
+        The number of spatial dimensions ``N``.
+    """
+    check_float(displacement, name)
+    check_rank(displacement, name, (4, 5), "(B, 2, H, W) or (B, 3, D, H, W)")
+    n = displacement.ndim - 2
+    if displacement.shape[1] != n:
+        layout = "(B, 2, H, W)" if n == 2 else "(B, 3, D, H, W)"
+        raise ValueError(
+            f"{name} of a {n}-D field must have {n} channels {layout} "
+            f"(one per spatial axis, in axis order), got shape {tuple(displacement.shape)}"
+        )
+    return n
+
+
+def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    """Raise ``ValueError`` unless ``a`` and ``b`` have the same shape."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got "
+            f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)!r}, got {value!r}")
+
+
+def check_positive(value: float, name: str, *, strict: bool = True) -> None:
+    """Raise ``ValueError`` unless ``value`` is positive (``> 0``, or ``>= 0`` if not strict)."""
+    ok = value > 0 if strict else value >= 0
+    if not ok:
+        sign = "> 0" if strict else ">= 0"
+        raise ValueError(f"{name} must be {sign}, got {value!r}")

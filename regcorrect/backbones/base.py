@@ -1,0 +1,92 @@
+"""The contract between a translation method (a *backbone*) and the mode engine.
+
+A backbone owns the generator(s) and discriminator(s) of one method — CycleGAN, MUNIT, UNIT,
+NICE-GAN, Pix2Pix or your own — in either the cyclic form (mode C: two generators, two
+discriminators, the method's own cycle/reconstruction losses) or the non-cyclic form (mode NC: one
+generator X→Y and one discriminator on Y, adversarial loss only). It knows nothing about
+registration: :func:`regcorrect.build_model` adds the registration network R, the correction and
+smoothness losses (modes C+R and NC+R), the optimizers, the replay buffer and the learning-rate
+schedule around it.
+
+Conventions for every backbone:
+
+* Images are ``(B, C, H, W)`` tensors with values in ``[-1, 1]`` (generators end in ``tanh``);
+  ``source`` is domain X (e.g. T1), ``target`` is domain Y (e.g. T2), possibly misaligned.
+* :meth:`TranslationBackbone.generator_forward` returns **weighted** loss terms, each a float32
+  scalar tensor; the engine sums them (plus the +R terms) and calls ``backward`` once.
+* ``fakes`` are the generated images the discriminators must see, already ``detach()``-ed; the
+  engine may pass them through a replay buffer before :meth:`discriminator_losses`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from .._checks import check_choice
+from ..losses.adversarial import GAN_MODES, GANLoss
+
+__all__ = ["GeneratorOutput", "TranslationBackbone"]
+
+
+@dataclass
+class GeneratorOutput:
+    """What one generator pass of a backbone produces.
+
+    Attributes:
+        translated: ``G(x)``, the X→Y translation of ``source`` with its autograd graph,
+            shape ``(B, C_out, H, W)``. The +R modes register it onto ``target``.
+        losses: weighted generator loss terms by name (``"adversarial"``, ``"cycle"``, ...),
+            float32 scalars.
+        fakes: detached generated images for the discriminator update, keyed by the name the
+            backbone's :meth:`~TranslationBackbone.discriminator_losses` expects (e.g.
+            ``"target"`` for the fake Y images, ``"source"`` for the fake X images).
+    """
+
+    translated: Tensor
+    losses: dict[str, Tensor]
+    fakes: dict[str, Tensor] = field(default_factory=dict)
+
+
+class TranslationBackbone(nn.Module, ABC):
+    """Base class of every translation method.
+
+    Args:
+        cyclic: ``True`` for mode C (two generators, two discriminators, cycle/reconstruction
+            losses), ``False`` for mode NC (one generator X→Y, one discriminator on Y,
+            adversarial loss only).
+        gan_mode: ``"lsgan"`` (the paper's choice), ``"vanilla"`` or ``"hinge"``.
+    """
+
+    #: Short name used by :func:`regcorrect.build_model` (``"cyclegan"``, ``"munit"``, ...).
+    method: str = ""
+
+    def __init__(self, *, cyclic: bool, gan_mode: str = "lsgan") -> None:
+        super().__init__()
+        check_choice(gan_mode, "gan_mode", GAN_MODES)
+        self.cyclic = bool(cyclic)
+        self.gan = GANLoss(gan_mode)
+
+    @abstractmethod
+    def generators(self) -> dict[str, nn.Module]:
+        """The networks the generator optimizer updates, by name (e.g. ``{"generator": ...}``)."""
+
+    @abstractmethod
+    def discriminators(self) -> dict[str, nn.Module]:
+        """The networks the discriminator optimizer updates, by name."""
+
+    @abstractmethod
+    def translate(self, source: Tensor) -> Tensor:
+        """Deterministic X→Y translation ``G(x)`` of ``source`` ``(B, C_in, H, W)``."""
+
+    @abstractmethod
+    def generator_forward(self, source: Tensor, target: Tensor) -> GeneratorOutput:
+        """One generator pass: X→Y translation, weighted generator losses, fakes for D."""
+
+    @abstractmethod
+    def discriminator_losses(
+        self, source: Tensor, target: Tensor, fakes: dict[str, Tensor]
+    ) -> dict[str, Tensor]:
+        """Weighted discriminator loss terms on real images and the (detached) ``fakes``."""

@@ -1,0 +1,251 @@
+"""``RegistrationCorrection``: wrap any generator with RegGAN's registration loss correction.
+
+RegGAN (Kong et al., NeurIPS 2021) treats a misaligned target ``ỹ`` as a noisy label and lets a
+registration network ``R`` model the noise: the generator's translation ``G(x)`` is warped onto
+``ỹ`` by the field ``R(G(x), ỹ)`` before the L1 loss (Eq. 7), the field is kept smooth (Eq. 8),
+and the adversarial loss is added (Eq. 9). Gradients reach ``G`` through the warp, so ``G``
+learns the translation while ``R`` absorbs the misalignment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_choice, check_float, check_positive, check_rank
+from .losses.adversarial import GAN_MODES, discriminator_loss, generator_loss
+from .losses.correction import correction_loss
+from .losses.smoothness import smoothness_loss
+from .registration.regunet import RegistrationFields
+from .registration.warp import PADDING_MODES, warp
+
+__all__ = ["RegistrationCorrection", "CorrectionOutput"]
+
+
+@dataclass
+class CorrectionOutput:
+    """Result of :meth:`RegistrationCorrection.forward`.
+
+    Attributes:
+        translated: ``G(x)``, ``(B, C, *spatial)``.
+        registered: ``G(x) ∘ R(G(x), ỹ)``, the translation warped onto the target.
+        displacement: the field ``R(G(x), ỹ)``, ``(B, N, *spatial)`` in pixels
+            (``docs/conventions.md``).
+        residual: the part of the field the smoothness loss penalises (the dense residual of an
+            affine+dense network, else ``displacement``).
+        losses: weighted terms ``{"correction": λ_corr · L_corr, "smoothness": λ_smooth · L_smooth}``.
+        total: the sum of ``losses`` (a scalar to call ``backward`` on).
+    """
+
+    translated: Tensor
+    registered: Tensor
+    displacement: Tensor
+    residual: Tensor
+    losses: dict[str, Tensor]
+    total: Tensor
+
+
+def _as_fields(output: object) -> RegistrationFields:
+    if isinstance(output, RegistrationFields):
+        return output
+    if isinstance(output, Tensor):
+        return RegistrationFields(displacement=output, residual=output)
+    raise TypeError(
+        "reg_net must return a displacement tensor (B, N, *spatial) or RegistrationFields, got "
+        f"{type(output).__name__}"
+    )
+
+
+class RegistrationCorrection(nn.Module):
+    """A generator followed by a registration network that corrects misaligned targets.
+
+    Args:
+        generator: any ``nn.Module`` or callable ``x -> ŷ`` (``(B, C_in, *spatial) ->
+            (B, C_out, *spatial)``); may be ``None`` if translations are always passed to
+            :meth:`forward` (e.g. MUNIT / NICE-GAN, where ``G(x)`` is not one call).
+        reg_net: registration network taking ``cat([translated, target], dim=1)`` and returning a
+            displacement field ``(B, N, *spatial)`` in pixels (e.g.
+            :class:`~regcorrect.registration.RegUNet`). Networks with a ``decompose`` method
+            (``RegUNet``) have the smoothness loss applied to their dense residual only.
+        correction_weight: λ of the correction loss (paper: 20).
+        smoothness_weight: λ of the smoothness loss (paper: 10).
+        smoothness_penalty: ``"l2"`` (paper) or ``"l1"``.
+        padding_mode: padding of the warp (``"border"``).
+
+    Example:
+        >>> from regcorrect import RegistrationCorrection, RegUNet
+        >>> my_generator = torch.nn.Conv2d(1, 1, 3, padding=1)
+        >>> source, target = torch.rand(2, 1, 32, 32), torch.rand(2, 1, 32, 32)
+        >>> model = RegistrationCorrection(my_generator, RegUNet(spatial_dims=2, in_channels=2))
+        >>> out = model(source, target)
+        >>> out.total.backward()
+        >>> sorted(out.losses)
+        ['correction', 'smoothness']
+    """
+
+    def __init__(
+        self,
+        generator: nn.Module | Callable[[Tensor], Tensor] | None,
+        reg_net: nn.Module,
+        *,
+        correction_weight: float = 20.0,
+        smoothness_weight: float = 10.0,
+        smoothness_penalty: str = "l2",
+        padding_mode: str = "border",
+    ) -> None:
+        super().__init__()
+        if generator is not None and not callable(generator):
+            raise TypeError(
+                f"generator must be an nn.Module or a callable, got {type(generator).__name__}"
+            )
+        if not callable(reg_net):
+            raise TypeError(f"reg_net must be an nn.Module, got {type(reg_net).__name__}")
+        check_positive(correction_weight, "correction_weight", strict=False)
+        check_positive(smoothness_weight, "smoothness_weight", strict=False)
+        check_choice(smoothness_penalty, "smoothness_penalty", ("l2", "l1"))
+        check_choice(padding_mode, "padding_mode", PADDING_MODES)
+        self.generator = generator
+        self.reg_net = reg_net
+        self.correction_weight = float(correction_weight)
+        self.smoothness_weight = float(smoothness_weight)
+        self.smoothness_penalty = smoothness_penalty
+        self.padding_mode = padding_mode
+
+    def register(self, moving: Tensor, fixed: Tensor) -> RegistrationFields:
+        """Run ``reg_net`` on ``cat([moving, fixed], dim=1)``; return the field and its parts."""
+        x = torch.cat([moving, fixed], dim=1)
+        decompose = getattr(self.reg_net, "decompose", None)
+        return _as_fields(decompose(x) if callable(decompose) else self.reg_net(x))
+
+    def forward(
+        self,
+        source: Tensor | None,
+        target: Tensor,
+        *,
+        translated: Tensor | None = None,
+        mask: Tensor | None = None,
+    ) -> CorrectionOutput:
+        """Translate, register onto the target, and compute Eq. 7 and Eq. 8.
+
+        Args:
+            source: ``x``, ``(B, C_in, H, W)`` (or 3D); ignored when ``translated`` is given.
+            target: the misaligned target ``ỹ``, ``(B, C_out, H, W)``.
+            translated: an already computed ``G(x)`` (keeps its graph), instead of calling the
+                generator.
+            mask: optional weights for the correction loss, broadcastable to ``target``.
+
+        Returns:
+            :class:`CorrectionOutput` with weighted losses and their ``total``.
+        """
+        check_float(target, "target")
+        check_rank(target, "target", (4, 5), "(B, C, H, W) or (B, C, D, H, W)")
+        if translated is None:
+            if self.generator is None:
+                raise ValueError("translated must be given when the model has no generator")
+            check_float(source, "source")
+            check_rank(
+                source, "source", (target.ndim,), f"with the rank of target {tuple(target.shape)}"
+            )
+            if source.shape[0] != target.shape[0] or source.shape[2:] != target.shape[2:]:
+                raise ValueError(
+                    "source and target must share batch and spatial sizes, got "
+                    f"{tuple(source.shape)} and {tuple(target.shape)}"
+                )
+            translated = self.generator(source)
+        check_float(translated, "translated")
+        if translated.shape != target.shape:
+            raise ValueError(
+                f"translated (the generator's output) must have the target's shape "
+                f"{tuple(target.shape)}, got {tuple(translated.shape)}"
+            )
+        fields = self.register(translated, target)
+        expected = (target.shape[0], target.ndim - 2, *target.shape[2:])
+        if tuple(fields.displacement.shape) != expected:
+            raise ValueError(
+                f"reg_net must return a displacement of shape {expected}, got "
+                f"{tuple(fields.displacement.shape)}"
+            )
+        registered = warp(translated, fields.displacement, padding_mode=self.padding_mode)
+        losses = {
+            "correction": self.correction_weight * correction_loss(registered, target, mask),
+            "smoothness": self.smoothness_weight
+            * smoothness_loss(fields.residual, self.smoothness_penalty),
+        }
+        total = losses["correction"] + losses["smoothness"]
+        return CorrectionOutput(
+            translated=translated,
+            registered=registered,
+            displacement=fields.displacement,
+            residual=fields.residual,
+            losses=losses,
+            total=total,
+        )
+
+    def training_step(
+        self,
+        source: Tensor,
+        target: Tensor,
+        *,
+        optimizer_g: torch.optim.Optimizer,
+        optimizer_r: torch.optim.Optimizer | None = None,
+        discriminator: nn.Module | None = None,
+        optimizer_d: torch.optim.Optimizer | None = None,
+        gan_mode: str = "lsgan",
+        adversarial_weight: float = 1.0,
+        mask: Tensor | None = None,
+    ) -> dict[str, float]:
+        """One RegGAN (NC+R) update, Eq. 9.
+
+        One backward pass of ``λ_corr L_corr + λ_smooth L_smooth + λ_adv L_adv`` into ``G`` and
+        ``R`` (``optimizer_g`` and ``optimizer_r`` step), then — if a ``discriminator`` is given —
+        one discriminator update on the real target and the *detached* translation (no second
+        generator forward).
+
+        Args:
+            source: ``x``, ``(B, C_in, H, W)``.
+            target: misaligned ``ỹ``, ``(B, C_out, H, W)``.
+            optimizer_g: optimizer of the generator (may also hold R's parameters).
+            optimizer_r: optimizer of the registration net, if separate.
+            discriminator: ``D`` on target-domain images (tensor or list of tensors out).
+            optimizer_d: optimizer of ``D`` (required with ``discriminator``).
+            gan_mode: ``"lsgan"`` (paper), ``"vanilla"`` or ``"hinge"``.
+            adversarial_weight: λ of the adversarial loss (paper: 1).
+            mask: optional weights for the correction loss.
+
+        Returns:
+            Floats: ``correction``, ``smoothness``, ``adversarial`` and ``discriminator`` (when a
+            discriminator is given), and ``total`` (the generator side).
+        """
+        check_choice(gan_mode, "gan_mode", GAN_MODES)
+        if (discriminator is None) != (optimizer_d is None):
+            raise ValueError("discriminator and optimizer_d must be given together")
+        optimizers = [optimizer_g] + ([optimizer_r] if optimizer_r is not None else [])
+        for optimizer in optimizers:
+            optimizer.zero_grad(set_to_none=True)
+        if discriminator is not None:
+            discriminator.requires_grad_(False)
+        out = self(source, target, mask=mask)
+        losses = dict(out.losses)
+        if discriminator is not None:
+            losses["adversarial"] = adversarial_weight * generator_loss(
+                discriminator(out.translated), gan_mode
+            )
+        total = torch.stack(list(losses.values())).sum()
+        total.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        result = {name: float(value.detach()) for name, value in losses.items()}
+        result["total"] = float(total.detach())
+        if discriminator is not None and optimizer_d is not None:
+            discriminator.requires_grad_(True)
+            optimizer_d.zero_grad(set_to_none=True)
+            d_loss = discriminator_loss(
+                discriminator(target), discriminator(out.translated.detach()), gan_mode
+            )
+            d_loss.backward()
+            optimizer_d.step()
+            result["discriminator"] = float(d_loss.detach())
+        return result

@@ -1,0 +1,37 @@
+"""Cycle-consistency loss (Eq. 3 of the RegGAN paper, Zhu et al. 2017)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .._checks import check_float, check_same_shape
+
+__all__ = ["cycle_loss", "CycleLoss"]
+
+
+def cycle_loss(reconstructed: Tensor, original: Tensor) -> Tensor:
+    """L1 distance between an image and its round trip ``F(G(x))``.
+
+    Args:
+        reconstructed: ``F(G(x))``, shape ``(B, C, *spatial)``.
+        original: ``x``, same shape.
+
+    Returns:
+        Scalar ``mean(|reconstructed - original|)``.
+
+    Example:
+        >>> import torch
+        >>> cycle_loss(torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 4, 4))
+        tensor(1.)
+    """
+    check_float(reconstructed, "reconstructed")
+    check_float(original, "original")
+    check_same_shape(reconstructed, original, "reconstructed", "original")
+    return (reconstructed.float() - original.float()).abs().mean()
+
+
+class CycleLoss(nn.Module):
+    """Module form of :func:`cycle_loss`."""
+
+    def forward(self, reconstructed: Tensor, original: Tensor) -> Tensor:
+        return cycle_loss(reconstructed, original)

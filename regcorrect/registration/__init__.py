@@ -1,0 +1,31 @@
+"""Registration layer: warping, field operations and the registration network R.
+
+All fields follow one convention (``docs/conventions.md``): ``(B, N, *spatial)``, pixel units,
+channels in axis order (``(dy, dx)`` / ``(dz, dy, dx)``), backward mapping
+``warped[p] = image[p + u(p)]``, corner-aligned sampling.
+"""
+
+from .fields import (
+    affine_to_displacement,
+    compose,
+    folding_fraction,
+    integrate_velocity,
+    jacobian_determinant,
+)
+from .regunet import PAPER_CHANNELS, RegistrationFields, RegUNet
+from .warp import PADDING_MODES, WARP_MODES, Warp, warp
+
+__all__ = [
+    "warp",
+    "Warp",
+    "WARP_MODES",
+    "PADDING_MODES",
+    "compose",
+    "integrate_velocity",
+    "jacobian_determinant",
+    "folding_fraction",
+    "affine_to_displacement",
+    "RegUNet",
+    "RegistrationFields",
+    "PAPER_CHANNELS",
+]

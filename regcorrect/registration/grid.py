@@ -1,0 +1,74 @@
+"""Cached identity sampling grids in ``grid_sample`` layout.
+
+Built on Kornia's mesh-grid utilities; the one pitfall handled here is that
+``create_meshgrid3d`` orders its channels ``(d, x, y)`` while ``grid_sample`` expects
+``(x, y, z)``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+from torch import Tensor
+
+try:  # kornia >= 0.8.3
+    from kornia.geometry import create_meshgrid, create_meshgrid3d
+except ImportError:  # pragma: no cover - older kornia
+    from kornia.utils import create_meshgrid, create_meshgrid3d
+
+__all__ = ["identity_grid", "pixel_to_normalized_scale"]
+
+
+@lru_cache(maxsize=64)
+def _identity_grid(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    # Built outside inference mode so that the cached tensor can enter autograd graphs later.
+    with torch.inference_mode(False), torch.no_grad():
+        if len(shape) == 2:
+            height, width = shape
+            grid = create_meshgrid(height, width, True, device=device, dtype=dtype)
+        else:
+            depth, height, width = shape
+            grid = create_meshgrid3d(depth, height, width, True, device=device, dtype=dtype)
+            grid = grid[..., [1, 2, 0]]  # kornia's (d, x, y) -> grid_sample's (x, y, z)
+        # kornia puts -1..1 on linspace; a size-1 axis would be -1, grid_sample wants its centre 0.
+        for axis, size in enumerate(reversed(shape)):
+            if size == 1:
+                grid[..., axis] = 0.0
+        return grid.contiguous()
+
+
+def identity_grid(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Identity sampling grid for ``torch.nn.functional.grid_sample`` with ``align_corners=True``.
+
+    The result is cached per ``(shape, device, dtype)``; do not modify it in place.
+
+    Args:
+        shape: spatial shape ``(H, W)`` or ``(D, H, W)``.
+        device: device of the grid.
+        dtype: floating dtype of the grid.
+
+    Returns:
+        ``(1, H, W, 2)`` with last axis ``(x, y)`` or ``(1, D, H, W, 3)`` with ``(x, y, z)``, in
+        normalised coordinates ``[-1, 1]`` (corner-aligned).
+    """
+    return _identity_grid(tuple(int(s) for s in shape), torch.device(device), dtype)
+
+
+@lru_cache(maxsize=64)
+def _scale(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        values = [2.0 / (s - 1) if s > 1 else 0.0 for s in reversed(shape)]
+        return torch.tensor(values, device=device, dtype=dtype)
+
+
+def pixel_to_normalized_scale(
+    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    """Factors that turn pixel offsets into ``align_corners=True`` normalised offsets.
+
+    Returns:
+        ``(N,)`` tensor ordered like ``grid_sample``'s last axis (``x, y[, z]``): ``2 / (size - 1)``
+        per axis (0 for an axis of size 1).
+    """
+    return _scale(tuple(int(s) for s in shape), torch.device(device), dtype)

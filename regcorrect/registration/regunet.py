@@ -1,0 +1,286 @@
+"""The registration network R of RegGAN: a residual U-Net that outputs a displacement field.
+
+The default mirrors the paper's R (the official ``ResUnet``: seven encoder levels of 32/64
+channels with residual blocks, a 1×1-conv bottleneck with three residual blocks, a decoder with
+skip connections, LeakyReLU, instance norm inside the residual blocks, an output convolution
+initialised near zero so training starts from the identity field). Unlike the official network it
+
+* adapts its depth to the input: the number of levels used is the largest that keeps the
+  bottleneck at least 2 pixels wide, so any spatial size ``>= 32`` works (non-square, odd sizes
+  included); the bottleneck's receptive field then covers the whole image;
+* works in 2D and 3D (``spatial_dims``);
+* can add a global **affine head** (``affine=True``): displacement = affine field + dense
+  residual. Misalignment of real scans — and the paper's noise — is mostly affine, which a
+  global head absorbs at any magnitude, while the residual stays small and smooth;
+* can output a stationary velocity field integrated by scaling and squaring
+  (``diffeomorphic=True``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from .._checks import check_float, check_rank, check_spatial_dims
+from .fields import compose, integrate_velocity
+
+__all__ = ["RegUNet", "RegistrationFields", "PAPER_CHANNELS"]
+
+#: Encoder channels per level of the paper's R (the official ``ResUnet`` configuration 'A').
+PAPER_CHANNELS: tuple[int, ...] = (32, 64, 64, 64, 64, 64, 64)
+
+
+@dataclass
+class RegistrationFields:
+    """The parts of a registration network's output.
+
+    Attributes:
+        displacement: the full field ``(B, N, *spatial)`` in pixels (library convention).
+        residual: the dense, non-affine part ``(B, N, *spatial)`` (the smoothness loss applies
+            to it); equals ``displacement`` when there is no affine head.
+        affine: the affine part as a matrix ``(B, N, N + 1)`` acting on centred, isotropically
+            normalised coordinates in axis order, or ``None`` without affine head.
+    """
+
+    displacement: Tensor
+    residual: Tensor
+    affine: Tensor | None = None
+
+
+def _conv(spatial_dims: int) -> type[nn.Module]:
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
+
+
+def _norm(spatial_dims: int, channels: int) -> nn.Module:
+    norm = nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d
+    return norm(channels, affine=False, track_running_stats=False)
+
+
+class _ResidualBlock(nn.Module):
+    """conv-IN-ReLU-conv-IN with reflect padding and an identity skip."""
+
+    def __init__(self, spatial_dims: int, channels: int) -> None:
+        super().__init__()
+        conv = _conv(spatial_dims)
+        self.body = nn.Sequential(
+            conv(channels, channels, 3, padding=1, padding_mode="replicate"),
+            _norm(spatial_dims, channels),
+            nn.ReLU(),
+            conv(channels, channels, 3, padding=1, padding_mode="replicate"),
+            _norm(spatial_dims, channels),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.body(x)
+
+
+class _ConvAct(nn.Sequential):
+    def __init__(
+        self, spatial_dims: int, in_ch: int, out_ch: int, kernel: int, residual: bool
+    ) -> None:
+        layers: list[nn.Module] = [
+            _conv(spatial_dims)(in_ch, out_ch, kernel, padding=kernel // 2),
+            nn.LeakyReLU(0.2),
+        ]
+        if residual:
+            layers.append(_ResidualBlock(spatial_dims, out_ch))
+        super().__init__(*layers)
+
+
+class RegUNet(nn.Module):
+    """Residual U-Net registration network ``R(moving, fixed) -> displacement``.
+
+    Args:
+        spatial_dims: 2 or 3.
+        in_channels: channels of the input, i.e. of ``cat([moving, fixed], dim=1)`` (2 for two
+            single-channel images).
+        channels: encoder channels per level (decoder mirrors them). Default: the paper's
+            ``(32, 64, 64, 64, 64, 64, 64)``. Levels that the input is too small for are skipped.
+        bottleneck_blocks: residual blocks at the bottleneck (paper: 3).
+        affine: add a global affine head; the output is affine field + dense residual.
+        diffeomorphic: integrate the dense residual as a stationary velocity field
+            (scaling and squaring, ``integration_steps``); with ``affine`` the two are composed.
+        integration_steps: squarings for ``diffeomorphic``.
+        min_bottleneck: smallest bottleneck size (pixels) when choosing the depth.
+        image_size: if given, only the levels an input of this spatial size uses are built
+            (no unused parameters, e.g. for DistributedDataParallel); other sizes still work.
+
+    Shapes:
+        input ``(B, in_channels, H, W)`` (or ``(B, in_channels, D, H, W)``), every spatial size
+        ``>= 2 * min_bottleneck * 2`` (32 with the defaults and at least 4 levels);
+        output ``(B, spatial_dims, *spatial)`` in pixels, channels ``(dy, dx)`` /
+        ``(dz, dy, dx)`` (see ``docs/conventions.md``).
+
+    Example:
+        >>> net = RegUNet(spatial_dims=2, in_channels=2, channels=(8, 16, 16, 16))
+        >>> moving, fixed = torch.rand(1, 1, 40, 48), torch.rand(1, 1, 40, 48)
+        >>> net(torch.cat([moving, fixed], dim=1)).shape
+        torch.Size([1, 2, 40, 48])
+    """
+
+    def __init__(
+        self,
+        spatial_dims: int = 2,
+        in_channels: int = 2,
+        *,
+        channels: Sequence[int] = PAPER_CHANNELS,
+        bottleneck_blocks: int = 3,
+        affine: bool = False,
+        diffeomorphic: bool = False,
+        integration_steps: int = 7,
+        min_bottleneck: int = 2,
+        image_size: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__()
+        check_spatial_dims(spatial_dims)
+        channels = tuple(int(c) for c in channels)
+        self.min_bottleneck = min_bottleneck
+        if image_size is not None:
+            if len(image_size) != spatial_dims:
+                raise ValueError(
+                    f"image_size must have {spatial_dims} entries, got {tuple(image_size)!r}"
+                )
+            channels = channels[: max(2, self._fit(image_size))]
+        if len(channels) < 2 or min(channels) < 1:
+            raise ValueError(f"channels must list >= 2 positive widths, got {channels!r}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be >= 1, got {in_channels!r}")
+        self.spatial_dims = spatial_dims
+        self.in_channels = in_channels
+        self.channels = channels
+        self.affine = affine
+        self.diffeomorphic = diffeomorphic
+        self.integration_steps = integration_steps
+        conv = _conv(spatial_dims)
+
+        self.encoder = nn.ModuleList()
+        previous = in_channels
+        for width in channels:
+            self.encoder.append(_ConvAct(spatial_dims, previous, width, 3, residual=True))
+            previous = width
+        deepest = channels[-1]
+        # The bottleneck follows whichever level is the deepest one used for an input (at least
+        # the second); one 1x1 projection in and out per distinct width of those levels.
+        widths = sorted(set(channels[1:]))
+        self.bottleneck_in = nn.ModuleDict(
+            {str(w): _ConvAct(spatial_dims, w, 2 * deepest, 1, residual=False) for w in widths}
+        )
+        self.bottleneck = nn.Sequential(
+            *[_ResidualBlock(spatial_dims, 2 * deepest) for _ in range(bottleneck_blocks)]
+        )
+        self.bottleneck_out = nn.ModuleDict(
+            {str(w): _ConvAct(spatial_dims, 2 * deepest, w, 1, residual=False) for w in widths}
+        )
+        # decoder[i] fuses level i's skip with the upsampled deeper features (width channels[i]).
+        self.decoder = nn.ModuleList()
+        for level, width in enumerate(channels):
+            deeper = channels[level + 1] if level + 1 < len(channels) else width
+            self.decoder.append(_ConvAct(spatial_dims, deeper + width, width, 3, residual=False))
+        first = channels[0]
+        self.refine = nn.Sequential(
+            _ResidualBlock(spatial_dims, first), _ConvAct(spatial_dims, first, first, 1, False)
+        )
+        self.output = conv(first, spatial_dims, 3, padding=1)
+        nn.init.normal_(self.output.weight, mean=0.0, std=1e-5)
+        nn.init.zeros_(self.output.bias)
+        if affine:
+            self.affine_head = nn.Sequential(
+                nn.Linear(2 * deepest, 64),
+                nn.LeakyReLU(0.2),
+                nn.Linear(64, spatial_dims * (spatial_dims + 1)),
+            )
+            nn.init.zeros_(self.affine_head[-1].weight)
+            nn.init.zeros_(self.affine_head[-1].bias)
+
+    # ------------------------------------------------------------------ helpers
+    def _fit(self, spatial_shape: Sequence[int]) -> int:
+        # level l runs at ceil(size / 2**l); the bottleneck at ceil(size / 2**levels).
+        smallest = min(int(s) for s in spatial_shape)
+        return max(0, int(math.floor(math.log2(max(smallest, 1) / self.min_bottleneck))))
+
+    def levels_for(self, spatial_shape: Sequence[int]) -> int:
+        """Number of encoder levels used for an input of ``spatial_shape``."""
+        return min(len(self.channels), self._fit(spatial_shape))
+
+    def _check_input(self, x: Tensor) -> None:
+        check_float(x, "x")
+        layout = "(B, C, H, W)" if self.spatial_dims == 2 else "(B, C, D, H, W)"
+        check_rank(x, "x", (self.spatial_dims + 2,), layout)
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"x must have in_channels={self.in_channels} channels (cat([moving, fixed], dim=1)), "
+                f"got shape {tuple(x.shape)}"
+            )
+        if self.levels_for(x.shape[2:]) < 2:
+            needed = self.min_bottleneck * 4
+            raise ValueError(
+                f"x spatial shape {tuple(x.shape[2:])} is too small for RegUNet: every spatial "
+                f"size must be >= {needed}"
+            )
+
+    def _affine_field(self, theta: Tensor, spatial: Sequence[int]) -> Tensor:
+        """Displacement of ``theta`` ``(B, N, N+1)`` on centred, isotropically scaled coords."""
+        n = self.spatial_dims
+        half = (max(spatial) - 1) / 2.0
+        axes = [
+            (torch.arange(s, device=theta.device, dtype=theta.dtype) - (s - 1) / 2.0) / half
+            for s in spatial
+        ]
+        mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)  # (N, *spatial)
+        coords = rearrange(mesh, "n ... -> n (...)")
+        field = theta[:, :, :n] @ coords + theta[:, :, n:]  # (B, N, P), normalised units
+        return (field * half).reshape(theta.shape[0], n, *spatial)
+
+    # ------------------------------------------------------------------ forward
+    def decompose(self, x: Tensor) -> RegistrationFields:
+        """Run the network and return the full field with its affine and dense parts.
+
+        Args:
+            x: ``cat([moving, fixed], dim=1)``, ``(B, in_channels, *spatial)``.
+        """
+        self._check_input(x)
+        spatial = tuple(x.shape[2:])
+        levels = self.levels_for(spatial)
+        pool = F.max_pool2d if self.spatial_dims == 2 else F.max_pool3d
+        skips: list[Tensor] = []
+        features = x
+        for level in range(levels):
+            features = self.encoder[level](features)
+            skips.append(features)
+            features = pool(features, kernel_size=2, ceil_mode=True)
+        width = str(self.channels[levels - 1])
+        features = self.bottleneck_in[width](features)
+        features = self.bottleneck(features)
+        pooled = features.mean(dim=tuple(range(2, features.ndim)))
+        features = self.bottleneck_out[width](features)
+        mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
+        for level in reversed(range(levels)):
+            skip = skips[level]
+            features = F.interpolate(features, size=skip.shape[2:], mode=mode, align_corners=False)
+            features = self.decoder[level](torch.cat([features, skip], dim=1))
+        residual = self.output(self.refine(features))
+        if self.diffeomorphic:
+            residual = integrate_velocity(residual, self.integration_steps)
+        if not self.affine:
+            return RegistrationFields(displacement=residual, residual=residual)
+        theta = rearrange(self.affine_head(pooled), "b (n k) -> b n k", n=self.spatial_dims).float()
+        affine_field = self._affine_field(theta, spatial).to(residual.dtype)
+        if self.diffeomorphic:
+            displacement = compose(affine_field, residual)
+        else:
+            displacement = affine_field + residual
+        return RegistrationFields(displacement=displacement, residual=residual, affine=theta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Displacement field ``(B, spatial_dims, *spatial)`` that warps ``moving`` onto ``fixed``.
+
+        Args:
+            x: ``cat([moving, fixed], dim=1)``, ``(B, in_channels, *spatial)``.
+        """
+        return self.decompose(x).displacement

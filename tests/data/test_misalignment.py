@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from regcorrect.data import NOISE_LEVELS, Misalignment
+
+
+def params(angle: float = 0.0, tx: float = 0.0, ty: float = 0.0, scale: float = 1.0) -> dict:
+    return {
+        "angle_deg": torch.tensor([angle]),
+        "translation_frac": torch.tensor([[tx, ty]]),
+        "scale": torch.tensor([scale]),
+    }
+
+
+def dot_image(row: int, col: int, size: tuple[int, int] = (21, 31)) -> torch.Tensor:
+    image = -torch.ones(1, 1, *size)
+    image[0, 0, row, col] = 1.0
+    return image
+
+
+class TestMisalignment:
+    def test_table_2(self) -> None:
+        assert NOISE_LEVELS[0] == (0.0, 0.0, 0.0)
+        assert NOISE_LEVELS[5] == (5.0, pytest.approx(0.10), pytest.approx(0.10))
+        noise = Misalignment(3)
+        assert (noise.rotation_deg, noise.translation_frac, noise.scale_frac) == (
+            3.0,
+            pytest.approx(0.06),
+            pytest.approx(0.06),
+        )
+        table_1 = Misalignment.custom(rotation_deg=5, translation_frac=0.05, scale_frac=0.05)
+        assert table_1.level is None and "rotation_deg=±5" in repr(table_1)
+
+    def test_level_0_is_exact_identity(self) -> None:
+        images = torch.rand(3, 2, 16, 20) * 2 - 1
+        warped, matrices = Misalignment(0)(images, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(warped, images) and warped is not images
+        assert torch.equal(matrices, torch.eye(2, 3).expand(3, 2, 3))
+
+    @settings(max_examples=30, deadline=None)
+    @given(level=st.integers(0, 5), seed=st.integers(0, 2**32 - 1))
+    def test_params_within_ranges(self, level: int, seed: int) -> None:
+        noise = Misalignment(level)
+        drawn = noise.sample_params(64, torch.Generator().manual_seed(seed))
+        eps = 1e-6
+        assert drawn["angle_deg"].shape == (64,) and drawn["translation_frac"].shape == (64, 2)
+        assert bool((drawn["angle_deg"].abs() <= level + eps).all())
+        assert bool((drawn["translation_frac"].abs() <= 0.02 * level + eps).all())
+        assert bool(((drawn["scale"] - 1).abs() <= 0.02 * level + eps).all())
+        if level > 0:  # independent draws: not all equal
+            assert drawn["angle_deg"].std() > 0 and drawn["translation_frac"][:, 0].std() > 0
+
+    def test_seeded(self) -> None:
+        images = torch.rand(4, 1, 24, 24) * 2 - 1
+        noise = Misalignment(4)
+        first = noise(images, generator=torch.Generator().manual_seed(7))
+        again = noise(images, generator=torch.Generator().manual_seed(7))
+        other = noise(images, generator=torch.Generator().manual_seed(8))
+        assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+        assert not torch.equal(first[0], other[0])
+        replay = noise(images, params=noise.sample_params(4, torch.Generator().manual_seed(7)))
+        assert torch.equal(replay[0], first[0])
+
+    @pytest.mark.parametrize("seed", [0, 1, 2])
+    def test_matches_scipy_affine_transform(self, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        images = torch.rand(2, 1, 40, 50, generator=generator, dtype=torch.float64) * 2 - 1
+        warped, matrices = Misalignment(5)(images, generator=generator)
+        swap = np.array([[0, 1], [1, 0]])  # (x, y) <-> (row, col)
+        for image, out, matrix in zip(images, warped, matrices, strict=True):
+            inverse = np.linalg.inv(np.vstack([matrix.numpy().astype(np.float64), [0, 0, 1]]))
+            linear, offset = swap @ inverse[:2, :2] @ swap, swap @ inverse[:2, 2]
+            expected = ndimage.affine_transform(
+                image[0].numpy(), linear, offset=offset, order=1, mode="constant", cval=-1.0
+            )
+            grid = np.stack(np.meshgrid(np.arange(40), np.arange(50), indexing="ij"))
+            src = np.einsum("ij,jrc->irc", linear, grid) + offset[:, None, None]
+            interior = (src[0] >= 1) & (src[0] <= 38) & (src[1] >= 1) & (src[1] <= 48)
+            outside = (src[0] < -1) | (src[0] > 40) | (src[1] < -1) | (src[1] > 50)
+            assert interior.mean() > 0.7
+            np.testing.assert_allclose(out[0].numpy()[interior], expected[interior], atol=1e-6)
+            assert bool((out[0].numpy()[outside] == -1).all())
+
+    def test_convention(self) -> None:
+        noise = Misalignment(1)
+        # centre (15, 10); a dot 5 px right of it, turned +90 degrees, goes 5 px up
+        warped, _ = noise(dot_image(10, 20), params=params(angle=90.0))
+        assert torch.equal((warped[0, 0] > 0).nonzero(), torch.tensor([[5, 15]]))
+        warped, _ = noise(dot_image(10, 20), params=params(tx=2 / 31, ty=-3 / 21))
+        assert torch.equal((warped[0, 0] > 0).nonzero(), torch.tensor([[7, 22]]))
+        warped, matrices = noise(dot_image(10, 20), params=params(scale=1.2))
+        assert torch.equal((warped[0, 0] > 0).nonzero(), torch.tensor([[10, 21]]))
+        assert torch.allclose(matrices[0, :, :2], 1.2 * torch.eye(2))
+
+    def test_fill_outside_is_minus_one(self) -> None:
+        images = torch.ones(1, 3, 20, 30)
+        warped, _ = Misalignment(5)(images, params=params(tx=0.1))
+        assert bool((warped[..., :2] == -1).all())  # 3 px shift: columns 0-1 come from outside
+        assert torch.allclose(warped[..., 4:], torch.ones(1, 3, 20, 26))
+
+    def test_matrices_identity_exact(self) -> None:
+        assert torch.equal(Misalignment.matrices(params(), (8, 9)), torch.eye(2, 3)[None])
+        assert torch.equal(
+            Misalignment.matrices(Misalignment.identity_params(2), (8, 9))[1], torch.eye(2, 3)
+        )
+
+    def test_gradcheck(self) -> None:
+        images = torch.rand(1, 1, 5, 6, dtype=torch.float64, requires_grad=True)
+        fixed = params(angle=3.0, tx=0.05, scale=1.05)
+        fixed = {key: value.double() for key, value in fixed.items()}
+        assert torch.autograd.gradcheck(lambda x: Misalignment(3)(x, params=fixed)[0], (images,))
+
+    def test_exception(self) -> None:
+        with pytest.raises(ValueError, match="level"):
+            Misalignment(6)
+        with pytest.raises(TypeError, match="level"):
+            Misalignment("3")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="rotation_deg"):
+            Misalignment.custom(rotation_deg=-1, translation_frac=0.1, scale_frac=0.1)
+        with pytest.raises(ValueError, match="scale_frac"):
+            Misalignment.custom(rotation_deg=1, translation_frac=0.1, scale_frac=1.0)
+        noise = Misalignment(2)
+        with pytest.raises(TypeError, match="images"):
+            noise(torch.ones(1, 1, 4, 4, dtype=torch.int64))
+        with pytest.raises(ValueError, match="images"):
+            noise(torch.ones(1, 4, 4))
+        with pytest.raises(ValueError, match="params"):
+            noise(torch.ones(2, 1, 4, 4), params=params())
+        with pytest.raises(ValueError, match="keys"):
+            noise(torch.ones(1, 1, 4, 4), params={"angle_deg": torch.zeros(1)})
+        with pytest.raises(ValueError, match="size"):
+            Misalignment.matrices(params(), (0, 4))

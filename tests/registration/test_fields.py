@@ -1,0 +1,181 @@
+"""Tests of field operations against numpy references and kornia's warp_affine."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from kornia.geometry.transform import get_rotation_matrix2d, warp_affine, warp_affine3d
+from scipy.ndimage import gaussian_filter
+
+from regcorrect.registration import (
+    affine_to_displacement,
+    compose,
+    folding_fraction,
+    integrate_velocity,
+    jacobian_determinant,
+    warp,
+)
+
+from .test_warp import smooth_field
+
+
+class TestCompose:
+    @given(seed=st.integers(0, 1000), dims=st.sampled_from([2, 3]))
+    def test_warp_twice_equals_warp_by_composition(self, seed, dims):
+        shape = (24, 26) if dims == 2 else (12, 13, 14)
+        rng = np.random.default_rng(seed)
+        axes = np.meshgrid(*[np.linspace(0, 3, s) for s in shape], indexing="ij")
+        image = torch.from_numpy(sum(np.sin(a + rng.uniform(0, 3)) for a in axes))[None, None]
+        u = smooth_field(shape, 1.5, seed)
+        v = smooth_field(shape, 1.5, seed + 1)
+        twice = warp(warp(image, v), u)
+        once = warp(image, compose(u, v))
+        inner = (slice(None), slice(None)) + (slice(4, -4),) * dims
+        # interpolation error of two warps vs one: about 1 % of the image range (~3)
+        torch.testing.assert_close(once[inner], twice[inner], atol=5e-2, rtol=0)
+
+    def test_constant_fields_add(self):
+        u = torch.full((1, 2, 6, 6), 0.5)
+        v = torch.full((1, 2, 6, 6), -1.25)
+        torch.testing.assert_close(compose(u, v), u + v)
+
+    def test_values_of_shift_after_linear_field(self):
+        # u = 3 px in x; v_x(p) = 0.1 x  =>  compose(u, v)_x(p) = 3 + 0.1 (x + 3), exactly (linear).
+        x = torch.arange(20.0, dtype=torch.float64)
+        u = torch.zeros(1, 2, 10, 20, dtype=torch.float64)
+        u[:, 1] = 3.0
+        v = torch.zeros_like(u)
+        v[:, 1] = 0.1 * x
+        composed = compose(u, v)
+        torch.testing.assert_close(
+            composed[0, 1, :, :15], (3.0 + 0.1 * (x + 3.0))[:15].expand(10, 15)
+        )
+        torch.testing.assert_close(composed[0, 0], torch.zeros(10, 20, dtype=torch.float64))
+
+    def test_shape_error(self):
+        with pytest.raises(ValueError, match="same field shape"):
+            compose(torch.zeros(1, 2, 6, 6), torch.zeros(1, 2, 6, 7))
+
+
+class TestIntegrateVelocity:
+    def test_zero_steps_returns_velocity(self):
+        v = smooth_field((8, 8), 2.0, 0)
+        torch.testing.assert_close(integrate_velocity(v, 0), v)
+
+    def test_rotation_velocity_gives_rotation(self):
+        # v(p) = A (p - c) with A skew-symmetric is the generator of a rotation: exp(v) rotates.
+        size, angle = 33, 0.2
+        c = (size - 1) / 2
+        y, x = torch.meshgrid(
+            torch.arange(size.__float__()), torch.arange(float(size)), indexing="ij"
+        )
+        velocity = torch.stack([angle * (x - c), -angle * (y - c)])[None].double()
+        flow = integrate_velocity(velocity, steps=10)
+        dy, dx = y - c, x - c
+        expected_y = c + math.cos(angle) * dy + math.sin(angle) * dx - y
+        expected_x = c - math.sin(angle) * dy + math.cos(angle) * dx - x
+        expected = torch.stack([expected_y, expected_x])[None].double()
+        inner = (slice(None), slice(None), slice(10, -10), slice(10, -10))
+        torch.testing.assert_close(flow[inner], expected[inner], atol=2e-2, rtol=0)
+
+    def test_large_smooth_velocity_does_not_fold(self):
+        rng = np.random.default_rng(7)
+        v = gaussian_filter(rng.standard_normal((1, 2, 32, 32)), sigma=(0, 0, 2, 2))
+        v = torch.from_numpy(v / np.abs(v).max() * 4.0)
+        assert float(folding_fraction(v)) > 0  # the raw field folds ...
+        assert float(folding_fraction(integrate_velocity(v, 7))) == 0  # ... its flow does not
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="steps"):
+            integrate_velocity(torch.zeros(1, 2, 4, 4), -1)
+
+
+class TestJacobian:
+    @given(seed=st.integers(0, 1000), dims=st.sampled_from([2, 3]))
+    def test_matches_numpy_gradient(self, seed, dims):
+        shape = (9, 10) if dims == 2 else (6, 7, 8)
+        u = smooth_field(shape, 2.0, seed)
+        grads = [np.gradient(u[0, i].numpy()) for i in range(dims)]
+        jac = np.stack([np.stack(g) for g in grads])  # (i, j, *shape)
+        jac = np.moveaxis(jac, (0, 1), (-2, -1)) + np.eye(dims)
+        expected = np.linalg.det(jac)
+        np.testing.assert_allclose(jacobian_determinant(u)[0].numpy(), expected, atol=1e-10)
+
+    def test_affine_field_has_constant_determinant(self):
+        m = get_rotation_matrix2d(
+            torch.tensor([[7.0, 7.0]]), torch.tensor([20.0]), torch.full((1, 2), 1.5)
+        )
+        det = jacobian_determinant(affine_to_displacement(m.double(), (15, 15)))
+        # backward map scales areas by 1 / 1.5**2
+        torch.testing.assert_close(det, torch.full_like(det, 1 / 2.25))
+
+    def test_folding_fraction_of_flip(self):
+        size = 8
+        x = torch.arange(float(size))
+        u = torch.zeros(1, 2, size, size)
+        u[0, 1] = size - 1 - 2 * x  # x -> size-1-x: a mirror, det = -1 everywhere
+        assert float(folding_fraction(u)) == 1.0
+        mask = torch.zeros(1, size, size, dtype=torch.bool)
+        mask[:, :2] = True
+        assert float(folding_fraction(u, mask)) == 1.0
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="at least 2"):
+            jacobian_determinant(torch.zeros(1, 2, 1, 5))
+        with pytest.raises(ValueError, match="mask"):
+            folding_fraction(torch.zeros(1, 2, 4, 4), torch.ones(1, 5, 5, dtype=torch.bool))
+
+
+class TestAffineToDisplacement:
+    @given(
+        angle=st.floats(-30, 30),
+        scale=st.floats(0.8, 1.25),
+        tx=st.floats(-4, 4),
+        ty=st.floats(-4, 4),
+        height=st.integers(12, 20),
+        width=st.integers(12, 20),
+    )
+    def test_agrees_with_kornia_warp_affine(self, angle, scale, tx, ty, height, width):
+        image = torch.rand(1, 2, height, width, dtype=torch.float64)
+        center = torch.tensor([[(width - 1) / 2, (height - 1) / 2]], dtype=torch.float64)
+        matrix = get_rotation_matrix2d(
+            center,
+            torch.tensor([angle], dtype=torch.float64),
+            torch.full((1, 2), scale, dtype=torch.float64),
+        )
+        matrix[:, 0, 2] += tx
+        matrix[:, 1, 2] += ty
+        expected = warp_affine(
+            image, matrix, (height, width), align_corners=True, padding_mode="border"
+        )
+        field = affine_to_displacement(matrix, (height, width))
+        torch.testing.assert_close(warp(image, field), expected, atol=1e-9, rtol=0)
+
+    def test_agrees_with_kornia_warp_affine3d(self):
+        image = torch.rand(1, 1, 7, 8, 9, dtype=torch.float64)
+        matrix = torch.tensor(
+            [[[0.98, -0.1, 0.05, 0.7], [0.1, 1.02, 0.0, -0.4], [0.0, 0.03, 0.97, 0.3]]],
+            dtype=torch.float64,
+        )
+        expected = warp_affine3d(
+            image, matrix, (7, 8, 9), align_corners=True, padding_mode="border"
+        )
+        field = affine_to_displacement(matrix, (7, 8, 9))
+        assert field.shape == (1, 3, 7, 8, 9)
+        torch.testing.assert_close(warp(image, field), expected, atol=1e-9, rtol=0)
+
+    def test_translation_values(self):
+        matrix = torch.tensor([[1.0, 0.0, 3.0], [0.0, 1.0, -2.0]])
+        field = affine_to_displacement(matrix, (5, 6))
+        assert torch.all(field[0, 0] == 2.0) and torch.all(field[0, 1] == -3.0)
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="matrix"):
+            affine_to_displacement(torch.eye(3)[:2, :2], (4, 4))
+        with pytest.raises(ValueError, match="spatial_shape"):
+            affine_to_displacement(torch.eye(3)[:2], (4, 4, 4))

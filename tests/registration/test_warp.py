@@ -1,0 +1,177 @@
+"""Tests of regcorrect.registration.warp against independent references (scipy, torch.roll)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy.ndimage import gaussian_filter, map_coordinates
+
+from regcorrect.registration import Warp, warp
+from regcorrect.registration.grid import identity_grid
+
+
+def smooth_field(shape, amplitude, seed, batch=1):
+    """Random smooth displacement (B, N, *shape) in pixels."""
+    rng = np.random.default_rng(seed)
+    n = len(shape)
+    field = rng.standard_normal((batch, n, *shape))
+    sigma = (0, 0) + (max(shape) / 6,) * n
+    field = gaussian_filter(field, sigma=sigma)
+    field = field / (np.abs(field).max() + 1e-12) * amplitude
+    return torch.from_numpy(field)
+
+
+class TestWarp:
+    def test_smoke(self):
+        out = warp(torch.rand(2, 3, 8, 9), torch.zeros(2, 2, 8, 9))
+        assert out.shape == (2, 3, 8, 9)
+
+    @given(
+        dims=st.sampled_from([2, 3]),
+        size=st.lists(st.integers(1, 9), min_size=3, max_size=3),
+        channels=st.integers(1, 4),
+        batch=st.integers(1, 3),
+    )
+    def test_zero_field_is_identity(self, dims, size, channels, batch):
+        shape = tuple(size[:dims])
+        image = torch.rand(batch, channels, *shape, dtype=torch.float64)
+        out = warp(image, torch.zeros(batch, dims, *shape, dtype=torch.float64))
+        torch.testing.assert_close(out, image, atol=1e-12, rtol=0)
+
+    @given(
+        dy=st.integers(-3, 3),
+        dx=st.integers(-3, 3),
+        height=st.integers(8, 14),
+        width=st.integers(8, 14),
+    )
+    def test_integer_shift_equals_roll_in_interior(self, dy, dx, height, width):
+        image = torch.rand(1, 2, height, width, dtype=torch.float64)
+        field = torch.zeros(1, 2, height, width, dtype=torch.float64)
+        field[:, 0], field[:, 1] = dy, dx
+        out = warp(image, field)
+        rolled = torch.roll(image, shifts=(-dy, -dx), dims=(2, 3))
+        inner = (slice(None), slice(None), slice(3, height - 3), slice(3, width - 3))
+        torch.testing.assert_close(out[inner], rolled[inner], atol=1e-12, rtol=0)
+
+    def test_integer_shift_3d_equals_roll(self):
+        image = torch.rand(1, 1, 9, 10, 11, dtype=torch.float64)
+        field = torch.zeros(1, 3, 9, 10, 11, dtype=torch.float64)
+        field[:, 0], field[:, 1], field[:, 2] = 1, -2, 2
+        out = warp(image, field)
+        rolled = torch.roll(image, shifts=(-1, 2, -2), dims=(2, 3, 4))
+        inner = (slice(None), slice(None), slice(3, -3), slice(3, -3), slice(3, -3))
+        torch.testing.assert_close(out[inner], rolled[inner], atol=1e-12, rtol=0)
+
+    @given(seed=st.integers(0, 10_000), dims=st.sampled_from([2, 3]))
+    def test_matches_scipy_map_coordinates(self, seed, dims):
+        shape = (12, 14) if dims == 2 else (7, 8, 9)
+        rng = np.random.default_rng(seed)
+        image = rng.standard_normal(shape)
+        field = smooth_field(shape, amplitude=2.5, seed=seed)
+        out = warp(torch.from_numpy(image)[None, None], field)[0, 0].numpy()
+        grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+        coords = grid + field[0].numpy()
+        expected = map_coordinates(image, coords, order=1, mode="nearest")
+        np.testing.assert_allclose(out, expected, atol=1e-10)
+
+    def test_padding_modes(self):
+        image = torch.ones(1, 1, 6, 6, dtype=torch.float64)
+        field = torch.full((1, 2, 6, 6), 20.0, dtype=torch.float64)  # everything outside
+        assert warp(image, field, padding_mode="zeros").abs().max() == 0
+        torch.testing.assert_close(warp(image, field, padding_mode="border"), image)
+
+    def test_nearest_mode_picks_pixels(self):
+        image = torch.arange(16.0).reshape(1, 1, 4, 4)
+        field = torch.full((1, 2, 4, 4), 0.4)
+        torch.testing.assert_close(warp(image, field, mode="nearest"), image)
+
+    def test_batch_broadcast(self):
+        images = torch.rand(3, 1, 8, 8, dtype=torch.float64)
+        field = smooth_field((8, 8), 1.5, seed=1)
+        out = warp(images, field)
+        for i in range(3):
+            torch.testing.assert_close(out[i : i + 1], warp(images[i : i + 1], field))
+        fields = torch.cat([field, -field])
+        assert warp(images[:1], fields).shape == (2, 1, 8, 8)
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+    def test_dtype_follows_input(self, dtype):
+        image = torch.rand(1, 1, 8, 8).to(dtype)
+        out = warp(image, torch.zeros(1, 2, 8, 8, dtype=dtype))
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.float(), image.float())
+
+    def test_under_autocast_samples_in_float32(self):
+        image = torch.rand(1, 1, 8, 8)
+        field = smooth_field((8, 8), 1.0, seed=2).float()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = warp(image, field)
+        assert out.dtype == torch.float32
+        torch.testing.assert_close(out, warp(image, field))
+
+    def test_gradcheck(self):
+        image = torch.rand(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+        # Keep samples away from pixel borders where bilinear interpolation is not differentiable.
+        field = (torch.rand(1, 2, 5, 6, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+        assert torch.autograd.gradcheck(lambda i, f: warp(i, f), (image, field))
+
+    def test_gradcheck_3d(self):
+        image = torch.rand(1, 1, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+        field = (torch.rand(1, 3, 4, 4, 4, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+        assert torch.autograd.gradcheck(lambda i, f: warp(i, f), (image, field))
+
+    def test_identity_grid_is_cached(self):
+        a = identity_grid((7, 9), torch.device("cpu"), torch.float32)
+        b = identity_grid((7, 9), torch.device("cpu"), torch.float32)
+        assert a is b
+        assert a.shape == (1, 7, 9, 2)
+        assert a[0, 0, -1].tolist() == [1.0, -1.0]  # (x, y) of the top-right corner
+
+    def test_identity_grid_3d_channel_order(self):
+        grid = identity_grid((3, 4, 5), torch.device("cpu"), torch.float64)
+        assert grid.shape == (1, 3, 4, 5, 3)
+        assert grid[0, 0, 0, -1].tolist() == [1.0, -1.0, -1.0]  # x varies along the last axis
+        assert grid[0, -1, 0, 0].tolist() == [-1.0, -1.0, 1.0]  # z along the first
+
+    def test_works_in_inference_mode_then_training(self):
+        with torch.inference_mode():
+            warp(torch.rand(1, 1, 11, 13), torch.zeros(1, 2, 11, 13))
+        image = torch.rand(1, 1, 11, 13, requires_grad=True)
+        field = torch.zeros(1, 2, 11, 13, requires_grad=True)
+        warp(image, field).sum().backward()
+        assert image.grad is not None and field.grad is not None
+
+    def test_module(self):
+        warper = Warp(padding_mode="zeros")
+        image, field = torch.rand(2, 1, 8, 8), smooth_field((8, 8), 1.0, 3, batch=2).float()
+        torch.testing.assert_close(warper(image, field), warp(image, field, padding_mode="zeros"))
+        assert "zeros" in repr(warper)
+
+    @pytest.mark.parametrize(
+        ("image", "field", "match"),
+        [
+            (torch.rand(1, 1, 8, 8), torch.zeros(1, 3, 8, 8), "channels"),
+            (torch.rand(1, 1, 8, 8), torch.zeros(1, 2, 8), "4-D or 5-D"),
+            (torch.rand(1, 8, 8), torch.zeros(1, 2, 8, 8), "image must be a 4-D"),
+            (torch.rand(1, 1, 8, 9), torch.zeros(1, 2, 8, 8), "spatial shape"),
+            (torch.rand(2, 1, 8, 8), torch.zeros(3, 2, 8, 8), "batch"),
+        ],
+    )
+    def test_shape_errors(self, image, field, match):
+        with pytest.raises(ValueError, match=match):
+            warp(image, field)
+
+    def test_type_and_option_errors(self):
+        with pytest.raises(TypeError, match="image"):
+            warp(torch.zeros(1, 1, 4, 4, dtype=torch.long), torch.zeros(1, 2, 4, 4))
+        with pytest.raises(TypeError, match="displacement"):
+            warp(torch.zeros(1, 1, 4, 4), np.zeros((1, 2, 4, 4)))
+        with pytest.raises(ValueError, match="mode"):
+            warp(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4), mode="cubic")
+        with pytest.raises(ValueError, match="padding_mode"):
+            warp(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4), padding_mode="wrap")
+        with pytest.raises(ValueError, match="bicubic"):
+            warp(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4), mode="bicubic")
