@@ -9,12 +9,16 @@ Wrap any generator with a registration network so that it can be trained on misa
 
 from . import losses, metrics, registration
 from .correction import CorrectionOutput, RegistrationCorrection
+from .modes import MODES, TranslationModel, build_model
 from .registration import RegUNet, Warp, warp
 
 __version__ = "0.1.0"
 
 __all__ = [
     "RegistrationCorrection",
+    "build_model",
+    "TranslationModel",
+    "MODES",
     "CorrectionOutput",
     "RegUNet",
     "Warp",

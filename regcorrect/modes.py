@@ -1,0 +1,442 @@
+"""The paper's four training modes (C, C+R, NC, NC+R) and Pix2Pix as data, around any backbone.
+
+``build_model(method, mode)`` returns a :class:`TranslationModel`: a backbone (the method's
+generators and discriminators, cyclic or not), plus — in the +R modes — a registration network
+R with RegGAN's correction (Eq. 7) and smoothness (Eq. 8) losses, Adam optimizers, an optional
+replay buffer for the discriminators and an optional linear learning-rate decay.
+
+One training step (:meth:`TranslationModel.train_step`) is:
+
+1. generator side: ``backbone.generator_forward`` (the method's own weighted losses), and in +R
+   modes ``R(cat[G(x), ỹ])``, the warp of ``G(x)`` onto ``ỹ`` and the two +R losses; **one**
+   backward into the generators and R; optimizer steps;
+2. discriminator side: the detached fakes of step 1 (through the replay buffer, if any) and the
+   real images; one backward; optimizer step — no second generator forward;
+3. scheduler step.
+
+With ``amp=True`` the networks run under bfloat16 autocast (CPU and CUDA); the warp, the losses
+and the optimizer state stay float32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._checks import check_choice, check_float, check_rank
+from .backbones import METHODS, Pix2Pix, TranslationBackbone
+from .losses.correction import correction_loss
+from .losses.smoothness import smoothness_loss
+from .registration.regunet import RegistrationFields, RegUNet
+from .registration.warp import warp
+
+__all__ = ["MODES", "build_model", "TranslationModel", "ReplayBuffer"]
+
+#: Modes accepted by :func:`build_model` (``"pix2pix"`` only with ``"cyclegan"``).
+MODES = ("c", "c+r", "nc", "nc+r", "pix2pix")
+
+
+class ReplayBuffer:
+    """History of generated images for the discriminator (Shrivastava et al. 2017), size 50 in
+    CycleGAN.
+
+    Until full, every image is stored and returned. Then each image of a batch is, with
+    probability 1/2, swapped with a random stored one (the stored one is returned, the new one
+    kept), else returned as is. Randomness comes from an own ``torch.Generator`` so that a
+    resumed run continues exactly.
+
+    Args:
+        capacity: number of stored images; 0 disables the buffer (images pass through).
+        seed: seed of the buffer's random generator.
+    """
+
+    def __init__(self, capacity: int = 50, *, seed: int = 0) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity!r}")
+        self.capacity = capacity
+        self.images: list[Tensor] = []
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def query(self, images: Tensor) -> Tensor:
+        """Return a batch of the same shape, mixing ``images`` with stored ones."""
+        if self.capacity == 0:
+            return images
+        out = []
+        for image in images.detach():
+            image = image.unsqueeze(0)
+            if len(self.images) < self.capacity:
+                self.images.append(image.clone())
+                out.append(image)
+                continue
+            if float(torch.rand((), generator=self.generator)) < 0.5:
+                index = int(torch.randint(len(self.images), (), generator=self.generator))
+                out.append(self.images[index].clone())
+                self.images[index] = image.clone()
+            else:
+                out.append(image)
+        return torch.cat(out, dim=0)
+
+    def state_dict(self) -> dict[str, Any]:
+        stored = torch.cat(self.images) if self.images else torch.empty(0)
+        return {"images": stored.cpu(), "rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device | None = None) -> None:
+        images = state["images"]
+        self.images = [] if images.numel() == 0 else list(images.to(device).split(1))
+        self.generator.set_state(state["rng"])
+
+
+def _linear_decay(total_steps: int | None, decay_start: int | None) -> Callable[[int], float]:
+    """Learning-rate factor: 1 until ``decay_start``, then linear to 0 at ``total_steps``."""
+    if total_steps is None:
+        return lambda step: 1.0
+    start = total_steps // 2 if decay_start is None else decay_start
+    if not 0 <= start < total_steps:
+        raise ValueError(f"decay_start must be in [0, total_steps={total_steps}), got {start!r}")
+
+    def factor(step: int) -> float:
+        if step < start:
+            return 1.0
+        return max(0.0, 1.0 - (step - start) / (total_steps - start))
+
+    return factor
+
+
+class TranslationModel(nn.Module):
+    """A backbone in one of the paper's modes, with its optimizers; see :func:`build_model`.
+
+    Attributes:
+        backbone: the method's networks (:class:`~regcorrect.backbones.TranslationBackbone`).
+        registration: the registration network R (+R modes) or ``None``.
+        optimizers: ``"generator"``, ``"discriminator"`` and, in +R modes, ``"registration"``.
+        schedulers: one ``LambdaLR`` per optimizer (constant unless ``total_steps`` is given).
+        step: number of completed training steps.
+        gradient_hook: optional callable applied to each iterable of parameters after its
+            backward and before its optimizer step (the training engine uses it to all-reduce
+            gradients across processes).
+    """
+
+    def __init__(
+        self,
+        backbone: TranslationBackbone,
+        *,
+        mode: str,
+        registration: nn.Module | None = None,
+        correction_weight: float = 20.0,
+        smoothness_weight: float = 10.0,
+        learning_rate: float = 1e-4,
+        betas: tuple[float, float] = (0.5, 0.999),
+        replay_buffer_size: int = 0,
+        total_steps: int | None = None,
+        decay_start: int | None = None,
+        amp: bool = False,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        check_choice(mode, "mode", MODES)
+        if mode.endswith("+r") != (registration is not None):
+            raise ValueError(
+                f"mode {mode!r} {'needs' if mode.endswith('+r') else 'takes no'} registration network"
+            )
+        self.mode = mode
+        self.method = backbone.method
+        self.backbone = backbone
+        self.registration = registration
+        self.correction_weight = float(correction_weight)
+        self.smoothness_weight = float(smoothness_weight)
+        self.amp = bool(amp)
+        self.step = 0
+        self.gradient_hook: Callable[[Iterable[nn.Parameter]], None] | None = None
+        self._replay_size = int(replay_buffer_size)
+        self._seed = int(seed)
+        self.replay_buffers: dict[str, ReplayBuffer] = {}
+
+        def adam(modules: Iterable[nn.Module]) -> torch.optim.Adam:
+            params = [p for m in modules for p in m.parameters() if p.requires_grad]
+            return torch.optim.Adam(params, lr=learning_rate, betas=betas)
+
+        self.optimizers: dict[str, torch.optim.Optimizer] = {
+            "generator": adam(backbone.generators().values()),
+            "discriminator": adam(backbone.discriminators().values()),
+        }
+        if registration is not None:
+            self.optimizers["registration"] = adam([registration])
+        factor = _linear_decay(total_steps, decay_start)
+        self.schedulers = {
+            name: torch.optim.lr_scheduler.LambdaLR(opt, factor)
+            for name, opt in self.optimizers.items()
+        }
+
+    # ------------------------------------------------------------------ views
+    @property
+    def networks(self) -> dict[str, nn.Module]:
+        """Exactly the networks this mode trains, by name."""
+        nets = {**self.backbone.generators(), **self.backbone.discriminators()}
+        if self.registration is not None:
+            nets["registration"] = self.registration
+        return nets
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def parameter_count(self, which: str = "all") -> int:
+        """Trainable parameters: ``"all"``, ``"generator"``, ``"discriminator"`` or ``"registration"``."""
+        check_choice(which, "which", ("all", "generator", "discriminator", "registration"))
+        groups = {
+            "generator": self.backbone.generators().values(),
+            "discriminator": self.backbone.discriminators().values(),
+            "registration": [self.registration] if self.registration is not None else [],
+        }
+        chosen = [m for g, ms in groups.items() if which in ("all", g) for m in ms]
+        unique = {id(p): p for m in chosen for p in m.parameters() if p.requires_grad}
+        return sum(p.numel() for p in unique.values())
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+
+    def _check_pair(self, source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+        check_float(source, "source")
+        check_float(target, "target")
+        check_rank(source, "source", (4,), "(B, C_in, H, W)")
+        check_rank(target, "target", (4,), "(B, C_out, H, W)")
+        if source.shape[0] != target.shape[0] or source.shape[2:] != target.shape[2:]:
+            raise ValueError(
+                "source and target must share batch and spatial sizes, got "
+                f"{tuple(source.shape)} and {tuple(target.shape)}"
+            )
+        device = self.device
+        return source.to(device, torch.float32), target.to(device, torch.float32)
+
+    def _sync(self, name: str) -> None:
+        if self.gradient_hook is not None:
+            params = [p for group in self.optimizers[name].param_groups for p in group["params"]]
+            self.gradient_hook(params)
+
+    # ------------------------------------------------------------------ training
+    def register(self, translated: Tensor, target: Tensor) -> RegistrationFields:
+        """Fields of R that warp ``translated`` onto ``target`` (+R modes only)."""
+        if self.registration is None:
+            raise ValueError(f"mode {self.mode!r} has no registration network")
+        x = torch.cat([translated, target], dim=1)
+        decompose = getattr(self.registration, "decompose", None)
+        out = decompose(x) if callable(decompose) else self.registration(x)
+        return out if isinstance(out, RegistrationFields) else RegistrationFields(out, out)
+
+    def train_step(
+        self, source: Tensor, target: Tensor, mask: Tensor | None = None
+    ) -> dict[str, float]:
+        """One training step of this mode on a batch; returns every loss term as a float.
+
+        Args:
+            source: ``(B, C_in, H, W)`` in ``[-1, 1]``.
+            target: ``(B, C_out, H, W)`` in ``[-1, 1]``, possibly misaligned.
+            mask: optional weights for the correction loss, broadcastable to ``target``.
+
+        Returns:
+            Weighted terms (``adversarial``, ``cycle``, ``correction``, ``smoothness``, ... and
+            the discriminator's, prefixed ``D/``), plus ``G/total`` and ``D/total``.
+        """
+        source, target = self._check_pair(source, target)
+        self.train()
+        discriminators = list(self.backbone.discriminators().values())
+        generator_side = ["generator"] + (["registration"] if self.registration else [])
+        for name in generator_side:
+            self.optimizers[name].zero_grad(set_to_none=True)
+        for net in discriminators:
+            net.requires_grad_(False)
+        with self._autocast():
+            out = self.backbone.generator_forward(source, target)
+            losses = {name: value.float() for name, value in out.losses.items()}
+            if self.registration is not None:
+                fields = self.register(out.translated, target)
+                registered = warp(out.translated.float(), fields.displacement.float())
+                losses["correction"] = self.correction_weight * correction_loss(
+                    registered, target, mask
+                )
+                losses["smoothness"] = self.smoothness_weight * smoothness_loss(
+                    fields.residual.float()
+                )
+        generator_total = torch.stack(list(losses.values())).sum()
+        generator_total.backward()
+        for name in generator_side:
+            self._sync(name)
+            self.optimizers[name].step()
+
+        for net in discriminators:
+            net.requires_grad_(True)
+        self.optimizers["discriminator"].zero_grad(set_to_none=True)
+        fakes = {name: self._replay(name, image) for name, image in out.fakes.items()}
+        with self._autocast():
+            d_losses = self.backbone.discriminator_losses(source, target, fakes)
+        d_losses = {name: value.float() for name, value in d_losses.items()}
+        discriminator_total = torch.stack(list(d_losses.values())).sum()
+        discriminator_total.backward()
+        self._sync("discriminator")
+        self.optimizers["discriminator"].step()
+
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+        self.step += 1
+        result = {name: float(v.detach()) for name, v in losses.items()}
+        result.update({f"D/{name}": float(v.detach()) for name, v in d_losses.items()})
+        result["G/total"] = float(generator_total.detach())
+        result["D/total"] = float(discriminator_total.detach())
+        return result
+
+    def _replay(self, name: str, images: Tensor) -> Tensor:
+        if name not in self.replay_buffers:
+            seed = self._seed + 1 + len(self.replay_buffers)
+            self.replay_buffers[name] = ReplayBuffer(self._replay_size, seed=seed)
+        return self.replay_buffers[name].query(images.detach())
+
+    @torch.no_grad()
+    def translate(self, source: Tensor) -> Tensor:
+        """``G(x)`` in evaluation mode (the registration net is only for training).
+
+        Args:
+            source: ``(B, C_in, H, W)`` in ``[-1, 1]``.
+
+        Returns:
+            ``(B, C_out, H, W)`` float32 on the model's device.
+        """
+        check_float(source, "source")
+        check_rank(source, "source", (4,), "(B, C_in, H, W)")
+        was_training = self.training
+        self.eval()
+        try:
+            with self._autocast():
+                translated = self.backbone.translate(source.to(self.device, torch.float32))
+        finally:
+            self.train(was_training)
+        return translated.float()
+
+    # ------------------------------------------------------------------ checkpoints
+    def training_state(self) -> dict[str, Any]:
+        """Everything besides the network weights that a resumed run needs."""
+        return {
+            "step": self.step,
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "schedulers": {k: s.state_dict() for k, s in self.schedulers.items()},
+            "replay_buffers": {k: b.state_dict() for k, b in self.replay_buffers.items()},
+        }
+
+    def load_training_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`training_state` (after ``load_state_dict`` of the weights)."""
+        self.step = int(state["step"])
+        for key, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][key])
+        for key, scheduler in self.schedulers.items():
+            scheduler.load_state_dict(state["schedulers"][key])
+        self.replay_buffers = {}
+        for key, buffer_state in state["replay_buffers"].items():
+            buffer = ReplayBuffer(self._replay_size)
+            buffer.load_state_dict(buffer_state, self.device)
+            self.replay_buffers[key] = buffer
+
+
+def build_model(
+    method: str,
+    mode: str,
+    *,
+    in_channels: int = 1,
+    out_channels: int = 1,
+    image_size: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+    amp: bool = False,
+    gan_mode: str = "lsgan",
+    learning_rate: float = 1e-4,
+    betas: tuple[float, float] = (0.5, 0.999),
+    correction_weight: float = 20.0,
+    smoothness_weight: float = 10.0,
+    registration: dict[str, Any] | None = None,
+    replay_buffer_size: int = 0,
+    total_steps: int | None = None,
+    decay_start: int | None = None,
+    seed: int | None = None,
+    **backbone_options: Any,
+) -> TranslationModel:
+    """Build a translation method in one of the paper's modes.
+
+    Args:
+        method: one of :data:`regcorrect.backbones.METHODS` — ``"cyclegan"``, ``"munit"``,
+            ``"unit"``, ``"nicegan"``.
+        mode: ``"c"`` (the method's own cycle/reconstruction losses, two generators and two
+            discriminators), ``"c+r"`` (C plus R on the X→Y direction), ``"nc"`` (one generator,
+            one discriminator, adversarial loss only), ``"nc+r"`` (RegGAN), or ``"pix2pix"``
+            (``method="cyclegan"`` only: L1 weight 100 + conditional adversarial loss).
+        in_channels, out_channels: image channels of the source and target domains.
+        image_size: ``(H, W)`` of the training images, if known: R is then built with exactly the
+            levels that size uses (no unused parameters).
+        device: where to place the networks (default CPU).
+        amp: run the networks under bfloat16 autocast; warp, losses and optimizer stay float32.
+        gan_mode: ``"lsgan"`` (paper), ``"vanilla"`` or ``"hinge"``.
+        learning_rate, betas: Adam settings (paper: 1e-4, (0.5, 0.999)).
+        correction_weight, smoothness_weight: +R loss weights (paper: 20, 10).
+        registration: keyword arguments of :class:`~regcorrect.registration.RegUNet`; default
+            ``{"affine": True}`` — the paper-sized R plus a global affine head, which absorbs
+            large (mostly affine) misalignments. Pass ``{"affine": False}`` for the paper's R.
+        replay_buffer_size: discriminator history size (CycleGAN: 50; 0 = off).
+        total_steps, decay_start: linear learning-rate decay to 0 from ``decay_start`` (default
+            ``total_steps // 2``) to ``total_steps``; ``None`` = constant.
+        seed: seeds the network initialisation (``torch.manual_seed``) and the replay buffers.
+        **backbone_options: passed to the backbone (widths, depths, the method's own loss
+            weights, e.g. ``base_channels=16``, ``cycle_weight=10``, ``adversarial_weight=1``).
+
+    Returns:
+        A :class:`TranslationModel` with ``train_step``, ``translate``, ``networks``,
+        ``state_dict`` / ``load_state_dict`` and ``training_state`` / ``load_training_state``.
+
+    Example:
+        >>> model = build_model("cyclegan", "nc+r", base_channels=8, num_residual_blocks=1,
+        ...                     registration={"channels": (8, 16, 16, 16)}, seed=0)
+        >>> sorted(model.networks)
+        ['discriminator', 'generator', 'registration']
+        >>> losses = model.train_step(torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 1, 32, 32) * 2 - 1)
+        >>> model.translate(torch.zeros(1, 1, 32, 32)).shape
+        torch.Size([1, 1, 32, 32])
+    """
+    method = method.lower() if isinstance(method, str) else method
+    mode = mode.lower() if isinstance(mode, str) else mode
+    check_choice(method, "method", tuple(METHODS))
+    check_choice(mode, "mode", MODES)
+    if seed is not None:
+        torch.manual_seed(seed)
+    common = dict(in_channels=in_channels, out_channels=out_channels, gan_mode=gan_mode)
+    if mode == "pix2pix":
+        if method != "cyclegan":
+            raise ValueError(f"mode 'pix2pix' uses the CycleGAN backbone; got method {method!r}")
+        backbone: TranslationBackbone = Pix2Pix(**common, **backbone_options)
+    else:
+        cyclic = mode in ("c", "c+r")
+        backbone = METHODS[method](cyclic=cyclic, **common, **backbone_options)
+    reg_net = None
+    if mode.endswith("+r"):
+        options = {"affine": True}
+        options.update(registration or {})
+        if image_size is not None:
+            options.setdefault("image_size", tuple(image_size))
+        reg_net = RegUNet(spatial_dims=2, in_channels=2 * out_channels, **options)
+    elif registration:
+        raise ValueError(f"registration options were given, but mode {mode!r} has no R")
+    model = TranslationModel(
+        backbone,
+        mode=mode,
+        registration=reg_net,
+        correction_weight=correction_weight,
+        smoothness_weight=smoothness_weight,
+        learning_rate=learning_rate,
+        betas=betas,
+        replay_buffer_size=replay_buffer_size,
+        total_steps=total_steps,
+        decay_start=decay_start,
+        amp=amp,
+        seed=0 if seed is None else seed,
+    )
+    if device is not None:
+        model.to(device)
+        # Optimizers were built before the move; their (empty) state follows the parameters.
+    return model
