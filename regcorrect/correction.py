@@ -225,22 +225,28 @@ class RegistrationCorrection(nn.Module):
         optimizers = [optimizer_g] + ([optimizer_r] if optimizer_r is not None else [])
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        if discriminator is not None:
-            discriminator.requires_grad_(False)
-        out = self(source, target, mask=mask)
-        losses = dict(out.losses)
-        if discriminator is not None:
-            losses["adversarial"] = adversarial_weight * generator_loss(
-                discriminator(out.translated), gan_mode
-            )
-        total = torch.stack(list(losses.values())).sum()
-        total.backward()
+        # Freeze D during the generator backward; restore the user's own flags afterwards.
+        d_params = list(discriminator.parameters()) if discriminator is not None else []
+        d_flags = [p.requires_grad for p in d_params]
+        try:
+            for p in d_params:
+                p.requires_grad_(False)
+            out = self(source, target, mask=mask)
+            losses = dict(out.losses)
+            if discriminator is not None:
+                losses["adversarial"] = adversarial_weight * generator_loss(
+                    discriminator(out.translated), gan_mode
+                )
+            total = torch.stack(list(losses.values())).sum()
+            total.backward()
+        finally:
+            for p, flag in zip(d_params, d_flags):
+                p.requires_grad_(flag)
         for optimizer in optimizers:
             optimizer.step()
         result = {name: float(value.detach()) for name, value in losses.items()}
         result["total"] = float(total.detach())
         if discriminator is not None and optimizer_d is not None:
-            discriminator.requires_grad_(True)
             optimizer_d.zero_grad(set_to_none=True)
             d_loss = discriminator_loss(
                 discriminator(target), discriminator(out.translated.detach()), gan_mode

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_choice, check_float, check_rank, check_same_shape
+from ._checks import check_choice, check_float, check_rank, check_same_shape, check_tensor
 
 __all__ = ["nmae", "psnr", "ssim", "foreground_mask"]
 
@@ -41,6 +41,7 @@ def foreground_mask(target: Tensor, mask: Tensor | None = None, background: floa
     """Boolean foreground of ``target`` ``(B, C, *spatial)``: ``mask`` broadcast, or ``target != background``."""
     if mask is None:
         return target != background
+    check_tensor(mask, "mask")
     if mask.ndim != target.ndim:
         raise ValueError(
             f"mask must have the rank of target {tuple(target.shape)}, got {tuple(mask.shape)}"
@@ -141,8 +142,8 @@ def ssim(
 
     Example:
         >>> y = torch.rand(1, 1, 16, 16) * 2 - 1
-        >>> ssim(y, y)
-        tensor(1.0000, dtype=torch.float64)
+        >>> round(ssim(y, y).item(), 6)  # identical images
+        1.0
     """
     _check_pair(prediction, target)
     if win_size < 3 or win_size % 2 == 0:

@@ -44,7 +44,7 @@ def _as_list(prediction: DiscriminatorOutput, name: str) -> list[Tensor]:
 
 
 def _single(prediction: Tensor, real: bool, mode: str, for_discriminator: bool) -> Tensor:
-    prediction = prediction.float()
+    prediction = prediction.to(torch.promote_types(prediction.dtype, torch.float32))
     if mode == "lsgan":
         label = 1.0 if real else 0.0
         return F.mse_loss(prediction, torch.full_like(prediction, label))
@@ -65,7 +65,8 @@ def generator_loss(fake_prediction: DiscriminatorOutput, mode: str = "lsgan") ->
         mode: ``"lsgan"``, ``"vanilla"`` or ``"hinge"``.
 
     Returns:
-        A scalar float32 tensor. For ``"lsgan"``: ``mean((D(G(x)) - 1)^2)``.
+        A scalar tensor, float32 (float64 for float64 predictions). For ``"lsgan"``:
+        ``mean((D(G(x)) - 1)^2)``.
 
     Example:
         >>> generator_loss(torch.ones(2, 1, 4, 4))

@@ -3,9 +3,10 @@ translation ``G(x) ∘ R(G(x), ỹ)``."""
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
-from .._checks import check_float, check_same_shape
+from .._checks import check_float, check_same_shape, check_tensor
 
 __all__ = ["correction_loss", "CorrectionLoss"]
 
@@ -20,7 +21,8 @@ def correction_loss(registered: Tensor, target: Tensor, mask: Tensor | None = No
             the loss is then ``sum(mask * |diff|) / sum(mask * 1)`` over the broadcast shape.
 
     Returns:
-        Scalar float32 tensor (computed in float32 whatever the input dtype).
+        Scalar tensor, computed in float32 for half/bfloat16/float32 inputs and in float64 for
+        float64 inputs (never below float32, never downcast).
 
     Example:
         >>> import torch
@@ -30,16 +32,18 @@ def correction_loss(registered: Tensor, target: Tensor, mask: Tensor | None = No
     check_float(registered, "registered")
     check_float(target, "target")
     check_same_shape(registered, target, "registered", "target")
-    difference = (registered.float() - target.float()).abs()
+    dtype = torch.promote_types(torch.promote_types(registered.dtype, target.dtype), torch.float32)
+    difference = (registered.to(dtype) - target.to(dtype)).abs()
     if mask is None:
         return difference.mean()
+    check_tensor(mask, "mask")
     if mask.ndim != target.ndim:
         raise ValueError(
             f"mask must have the rank of target {tuple(target.shape)} (e.g. (B, 1, *spatial)), "
             f"got shape {tuple(mask.shape)}"
         )
     try:
-        weights = mask.float().expand_as(difference)
+        weights = mask.to(dtype).expand_as(difference)
     except RuntimeError:
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} does not broadcast to target {tuple(target.shape)}"

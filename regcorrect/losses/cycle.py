@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from .._checks import check_float, check_same_shape
@@ -17,7 +18,8 @@ def cycle_loss(reconstructed: Tensor, original: Tensor) -> Tensor:
         original: ``x``, same shape.
 
     Returns:
-        Scalar ``mean(|reconstructed - original|)``.
+        Scalar ``mean(|reconstructed - original|)``, computed in float32 (float64 for float64
+        inputs).
 
     Example:
         >>> import torch
@@ -27,7 +29,10 @@ def cycle_loss(reconstructed: Tensor, original: Tensor) -> Tensor:
     check_float(reconstructed, "reconstructed")
     check_float(original, "original")
     check_same_shape(reconstructed, original, "reconstructed", "original")
-    return (reconstructed.float() - original.float()).abs().mean()
+    dtype = torch.promote_types(
+        torch.promote_types(reconstructed.dtype, original.dtype), torch.float32
+    )
+    return (reconstructed.to(dtype) - original.to(dtype)).abs().mean()
 
 
 class CycleLoss(nn.Module):

@@ -10,6 +10,11 @@ from .._checks import check_choice, check_displacement
 __all__ = ["smoothness_loss", "SmoothnessLoss", "bending_energy", "BendingEnergy"]
 
 
+def _at_least_float32(tensor: Tensor) -> Tensor:
+    """Half precision up to float32; float32 and float64 unchanged."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def _forward_differences(displacement: Tensor) -> list[Tensor]:
     return [torch.diff(displacement, dim=axis) for axis in range(2, displacement.ndim)]
 
@@ -29,7 +34,7 @@ def smoothness_loss(displacement: Tensor, penalty: str = "l2") -> Tensor:
         penalty: ``"l2"`` (squared differences, the paper) or ``"l1"`` (absolute differences).
 
     Returns:
-        Scalar float32 tensor; 0 for any constant field.
+        Scalar tensor (float32, or float64 for a float64 field); 0 for any constant field.
 
     Example:
         >>> u = torch.zeros(1, 2, 3, 3)
@@ -45,7 +50,7 @@ def smoothness_loss(displacement: Tensor, penalty: str = "l2") -> Tensor:
             f"{tuple(displacement.shape)}"
         )
     terms = []
-    for difference in _forward_differences(displacement.float()):
+    for difference in _forward_differences(_at_least_float32(displacement)):
         terms.append(difference.square().mean() if penalty == "l2" else difference.abs().mean())
     return torch.stack(terms).sum()
 
@@ -61,7 +66,7 @@ def bending_energy(displacement: Tensor) -> Tensor:
         displacement: ``(B, N, *spatial)``, every spatial size ``>= 5``.
 
     Returns:
-        Scalar float32 tensor; 0 for any affine field.
+        Scalar tensor (float32, or float64 for a float64 field); 0 for any affine field.
     """
     n = check_displacement(displacement, "displacement")
     if any(s < 5 for s in displacement.shape[2:]):
@@ -69,7 +74,7 @@ def bending_energy(displacement: Tensor) -> Tensor:
             "bending_energy needs at least 5 samples along each spatial axis, got shape "
             f"{tuple(displacement.shape)}"
         )
-    field = displacement.float()
+    field = _at_least_float32(displacement)
     axes = list(range(2, 2 + n))
     first = [torch.gradient(field, dim=a)[0] for a in axes]
     energy = torch.zeros((), dtype=field.dtype, device=field.device)

@@ -63,7 +63,7 @@ def _norm(spatial_dims: int, channels: int) -> nn.Module:
 
 
 class _ResidualBlock(nn.Module):
-    """conv-IN-ReLU-conv-IN with reflect padding and an identity skip."""
+    """conv-IN-ReLU-conv-IN with replicate padding and an identity skip."""
 
     def __init__(self, spatial_dims: int, channels: int) -> None:
         super().__init__()
@@ -109,11 +109,12 @@ class RegUNet(nn.Module):
         integration_steps: squarings for ``diffeomorphic``.
         min_bottleneck: smallest bottleneck size (pixels) when choosing the depth.
         image_size: if given, only the levels an input of this spatial size uses are built
-            (no unused parameters, e.g. for DistributedDataParallel); other sizes still work.
+            (no unused parameters, e.g. for DistributedDataParallel); larger sizes still work,
+            smaller ones only if the widths of the deeper levels are equal (as the paper's).
 
     Shapes:
         input ``(B, in_channels, H, W)`` (or ``(B, in_channels, D, H, W)``), every spatial size
-        ``>= 2 * min_bottleneck * 2`` (32 with the defaults and at least 4 levels);
+        ``>= 4 * min_bottleneck`` (8 with the defaults: 2 levels; 32 gives 4 levels);
         output ``(B, spatial_dims, *spatial)`` in pixels, channels ``(dy, dx)`` /
         ``(dz, dy, dx)`` (see ``docs/conventions.md``).
 
@@ -165,17 +166,23 @@ class RegUNet(nn.Module):
             self.encoder.append(_ConvAct(spatial_dims, previous, width, 3, residual=True))
             previous = width
         deepest = channels[-1]
-        # The bottleneck follows whichever level is the deepest one used for an input (at least
-        # the second); one 1x1 projection in and out per distinct width of those levels.
-        widths = sorted(set(channels[1:]))
+        # The bottleneck follows whichever level L - 1 is the deepest one used for an input
+        # (L >= 2 levels). Its 1x1 projection in is keyed by that level's width; its projection
+        # out by the width decoder[L - 1] expects from below: channels[L], or channels[-1] when
+        # every level is used. With image_size, only the projections of that size are built.
+        if image_size is not None:
+            in_widths, out_widths = [deepest], [deepest]
+        else:
+            in_widths = sorted(set(channels[1:]))
+            out_widths = sorted(set(channels[2:]) | {deepest})
         self.bottleneck_in = nn.ModuleDict(
-            {str(w): _ConvAct(spatial_dims, w, 2 * deepest, 1, residual=False) for w in widths}
+            {str(w): _ConvAct(spatial_dims, w, 2 * deepest, 1, residual=False) for w in in_widths}
         )
         self.bottleneck = nn.Sequential(
             *[_ResidualBlock(spatial_dims, 2 * deepest) for _ in range(bottleneck_blocks)]
         )
         self.bottleneck_out = nn.ModuleDict(
-            {str(w): _ConvAct(spatial_dims, 2 * deepest, w, 1, residual=False) for w in widths}
+            {str(w): _ConvAct(spatial_dims, 2 * deepest, w, 1, residual=False) for w in out_widths}
         )
         # decoder[i] fuses level i's skip with the upsampled deeper features (width channels[i]).
         self.decoder = nn.ModuleList()
@@ -255,10 +262,17 @@ class RegUNet(nn.Module):
             skips.append(features)
             features = pool(features, kernel_size=2, ceil_mode=True)
         width = str(self.channels[levels - 1])
+        below = str(self.channels[levels] if levels < len(self.channels) else self.channels[-1])
+        if width not in self.bottleneck_in or below not in self.bottleneck_out:
+            raise ValueError(
+                f"x spatial shape {spatial} uses {levels} levels, but this RegUNet was built for "
+                f"image_size with {len(self.channels)} levels of widths {self.channels}; build it "
+                "without image_size (or with equal widths) to use smaller inputs"
+            )
         features = self.bottleneck_in[width](features)
         features = self.bottleneck(features)
         pooled = features.mean(dim=tuple(range(2, features.ndim)))
-        features = self.bottleneck_out[width](features)
+        features = self.bottleneck_out[below](features)
         mode = "bilinear" if self.spatial_dims == 2 else "trilinear"
         for level in reversed(range(levels)):
             skip = skips[level]
@@ -269,7 +283,8 @@ class RegUNet(nn.Module):
             residual = integrate_velocity(residual, self.integration_steps)
         if not self.affine:
             return RegistrationFields(displacement=residual, residual=residual)
-        theta = rearrange(self.affine_head(pooled), "b (n k) -> b n k", n=self.spatial_dims).float()
+        theta = rearrange(self.affine_head(pooled), "b (n k) -> b n k", n=self.spatial_dims)
+        theta = theta.to(torch.promote_types(theta.dtype, torch.float32))  # half -> float32 only
         affine_field = self._affine_field(theta, spatial).to(residual.dtype)
         if self.diffeomorphic:
             displacement = compose(affine_field, residual)

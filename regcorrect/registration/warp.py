@@ -68,11 +68,11 @@ def warp(
         per (shape, device, dtype).
 
     Example:
-        >>> image = torch.arange(16.0).reshape(1, 1, 4, 4)
-        >>> shift_right = torch.zeros(1, 2, 4, 4)
+        >>> image = torch.arange(16.0, dtype=torch.float64).reshape(1, 1, 4, 4)
+        >>> shift_right = torch.zeros(1, 2, 4, 4, dtype=torch.float64)
         >>> shift_right[:, 1] = -1.0  # sample one pixel to the left: content moves right
         >>> warp(image, shift_right)[0, 0, 0]
-        tensor([0., 0., 1., 2.])
+        tensor([0., 0., 1., 2.], dtype=torch.float64)
     """
     check_float(image, "image")
     n = check_displacement(displacement, "displacement")

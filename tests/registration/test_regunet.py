@@ -1,0 +1,327 @@
+"""Tests of the registration network R (``RegUNet``), including the heart of the method: R alone
+recovers a known misalignment of a real-looking image from the correction loss."""
+
+from __future__ import annotations
+
+import math
+
+import kornia
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from regcorrect import RegUNet, warp
+from regcorrect.losses import correction_loss, smoothness_loss
+from regcorrect.registration import (
+    PAPER_CHANNELS,
+    RegistrationFields,
+    affine_to_displacement,
+    folding_fraction,
+)
+
+SMALL = (8, 16, 16, 16)
+
+
+def brain(size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A real-looking 2D slice: smooth blobs inside an elliptic "brain", background -1.
+
+    Returns the image ``(1, 1, size, size)`` in ``[-1, 1]`` and its brain mask ``(size, size)``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    axis = torch.arange(size, dtype=torch.float32)
+    yy, xx = torch.meshgrid(axis, axis, indexing="ij")
+    centre = (size - 1) / 2
+    inside = ((yy - centre) / (0.36 * size)) ** 2 + ((xx - centre) / (0.30 * size)) ** 2 <= 1
+    image = torch.zeros(size, size)
+    for _ in range(6):
+        offset = (torch.rand(2, generator=generator) - 0.5) * torch.tensor([0.5, 0.4]) * size
+        py, px = centre + offset
+        sigma = (0.06 + 0.08 * torch.rand(1, generator=generator)) * size
+        amplitude = torch.rand(1, generator=generator) * 2 - 1
+        image += amplitude * torch.exp(-((yy - py) ** 2 + (xx - px) ** 2) / (2 * sigma**2))
+    image = torch.tanh(image + 0.2) * 0.8
+    image = torch.where(inside, image, torch.full_like(image, -1.0))
+    return image[None, None], inside
+
+
+def end_point_error(field: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor) -> float:
+    """Mean Euclidean distance (pixels) between two (1, 2, H, W) fields over ``mask`` (H, W)."""
+    return float((field - truth).norm(dim=1)[0][mask].mean())
+
+
+def affine_field_np(theta: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
+    """Displacement of ``theta`` (B, N, N+1) acting on centred coordinates scaled by
+    ``(max(spatial) - 1) / 2`` (RegistrationFields.affine's documented convention), in pixels."""
+    n = len(spatial)
+    half = (max(spatial) - 1) / 2
+    axes = [(np.arange(s) - (s - 1) / 2) / half for s in spatial]
+    coords = np.stack(np.meshgrid(*axes, indexing="ij"))  # (N, *spatial), axis order
+    linear, shift = theta[:, :, :n], theta[:, :, n]
+    field = np.einsum("bij,j...->bi...", linear, coords)
+    return (field + shift.reshape(*shift.shape, *[1] * n)) * half
+
+
+class TestRegUNet:
+    def test_smoke(self):
+        net = RegUNet(spatial_dims=2, in_channels=2)
+        assert net.channels == PAPER_CHANNELS and not net.affine and not net.diffeomorphic
+        displacement = net(torch.rand(1, 2, 32, 32))
+        assert displacement.shape == (1, 2, 32, 32) and displacement.dtype == torch.float32
+
+    @pytest.mark.parametrize("size", [(32, 32), (40, 48), (33, 65), (96, 112)])
+    @pytest.mark.parametrize("batch", [1, 3])
+    def test_cardinality_2d(self, size, batch):
+        net = RegUNet(spatial_dims=2, in_channels=2)
+        with torch.no_grad():
+            displacement = net(torch.rand(batch, 2, *size))
+        assert displacement.shape == (batch, 2, *size)
+        assert bool(torch.isfinite(displacement).all())
+        assert displacement.abs().max() < 1e-2  # starts near the identity
+
+    @pytest.mark.parametrize("batch", [1, 3])
+    def test_cardinality_3d(self, batch):
+        net = RegUNet(spatial_dims=3, in_channels=2, channels=(4, 8, 8, 8))
+        with torch.no_grad():
+            displacement = net(torch.rand(batch, 2, 32, 32, 32))
+        assert displacement.shape == (batch, 3, 32, 32, 32)
+        assert displacement.abs().max() < 1e-2
+
+    def test_other_in_channels(self):
+        net = RegUNet(spatial_dims=2, in_channels=6, channels=SMALL)  # two RGB images
+        assert net(torch.rand(2, 6, 32, 40)).shape == (2, 2, 32, 40)
+
+    def test_initial_output_is_near_identity(self):
+        net = RegUNet(spatial_dims=2, in_channels=2)
+        image, _ = brain(64)
+        moving, fixed = image, torch.roll(image, 3, dims=3)
+        with torch.no_grad():
+            displacement = net(torch.cat([moving, fixed], dim=1))
+        assert displacement.abs().max() < 1e-2
+        torch.testing.assert_close(warp(moving, displacement), moving, atol=1e-2, rtol=0)
+
+    def test_levels_for(self):
+        net = RegUNet()  # seven levels, bottleneck >= 2 pixels
+        assert net.levels_for((32, 32)) == 4  # bottleneck 2 x 2
+        assert net.levels_for((40, 48)) == 4  # 3 x 3
+        assert net.levels_for((33, 65)) == 4  # ceil: 33 -> 17 -> 9 -> 5 -> 3
+        assert net.levels_for((96, 112)) == 5
+        assert net.levels_for((64, 1000)) == 5  # the smallest side decides
+        assert net.levels_for((256, 256)) == 7
+        assert net.levels_for((1024, 1024)) == 7  # capped at len(channels)
+        assert net.levels_for((8, 8)) == 2
+        assert net.levels_for((7, 9)) == 1
+        assert net.levels_for((32, 32, 48)) == 4
+        assert RegUNet(min_bottleneck=4).levels_for((32, 32)) == 3
+        assert RegUNet(channels=SMALL).levels_for((256, 256)) == 4
+
+    def test_image_size_trims_levels(self):
+        channels = (8, 16, 32, 64, 64, 64)
+        full = RegUNet(channels=channels)
+        full(torch.rand(1, 2, 32, 32)).sum().backward()
+        unused = [name for name, p in full.named_parameters() if p.grad is None]
+        assert any(name.startswith("encoder.4") for name in unused)  # levels 5-6 are unused
+
+        net = RegUNet(channels=channels, image_size=(32, 32))
+        assert net.channels == (8, 16, 32, 64)
+        assert sum(p.numel() for p in net.parameters()) < sum(p.numel() for p in full.parameters())
+        net(torch.rand(2, 2, 32, 32)).square().sum().backward()
+        assert [name for name, p in net.named_parameters() if p.grad is None] == []
+        assert net(torch.rand(1, 2, 64, 48)).shape == (1, 2, 64, 48)  # larger sizes still work
+
+        paper = RegUNet(image_size=(64, 64))
+        assert paper.channels == PAPER_CHANNELS[:5]
+        paper(torch.rand(1, 2, 64, 64)).sum().backward()
+        assert all(p.grad is not None for p in paper.parameters())
+        assert paper(torch.rand(1, 2, 32, 32)).shape == (1, 2, 32, 32)  # equal deep widths
+
+    @pytest.mark.parametrize("size", [(8, 8), (16, 16), (16, 24), (32, 32)])
+    def test_unequal_widths_at_every_depth(self, size):
+        # regression: with widths that differ between levels, inputs using fewer levels than
+        # built fed the decoder the wrong number of channels
+        net = RegUNet(channels=(8, 16, 32, 64))
+        assert net(torch.rand(2, 2, *size)).shape == (2, 2, *size)
+
+    def test_exception(self):
+        net = RegUNet(channels=SMALL)
+        with pytest.raises(ValueError, match=r"x spatial shape \(7, 32\) is too small"):
+            net(torch.rand(1, 2, 7, 32))
+        with pytest.raises(ValueError, match="x must have in_channels=2"):
+            net(torch.rand(1, 3, 32, 32))
+        with pytest.raises(ValueError, match="x must be a 4-D tensor"):
+            net(torch.rand(1, 2, 32, 32, 32))
+        with pytest.raises(TypeError, match="x must be a floating-point"):
+            net(torch.ones(1, 2, 32, 32, dtype=torch.int64))
+        with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+            net(np.zeros((1, 2, 32, 32), dtype=np.float32))
+        with pytest.raises(ValueError, match="spatial_dims"):
+            RegUNet(spatial_dims=4)
+        with pytest.raises(ValueError, match="channels"):
+            RegUNet(channels=(8,))
+        with pytest.raises(ValueError, match="in_channels"):
+            RegUNet(in_channels=0)
+        with pytest.raises(ValueError, match="image_size must have 2 entries"):
+            RegUNet(image_size=(32, 32, 32))
+        trimmed = RegUNet(channels=(8, 16, 32, 64), image_size=(32, 32))
+        with pytest.raises(ValueError, match="image_size"):
+            trimmed(torch.rand(1, 2, 16, 16))
+
+    def test_decompose_without_affine(self):
+        net = RegUNet(channels=SMALL)
+        fields = net.decompose(torch.rand(2, 2, 32, 32))
+        assert isinstance(fields, RegistrationFields) and fields.affine is None
+        assert fields.residual is fields.displacement
+
+    def test_affine_decompose(self):
+        torch.manual_seed(1)
+        net = RegUNet(channels=SMALL, affine=True)
+        with torch.no_grad():
+            net.affine_head[-1].weight.normal_(0.0, 0.05)
+            net.affine_head[-1].bias.normal_(0.0, 0.1)
+            net.output.weight.normal_(0.0, 0.01)
+        x = torch.rand(2, 2, 32, 40)
+        fields = net.decompose(x)
+        assert fields.affine.shape == (2, 2, 3) and fields.affine.dtype == torch.float32
+        assert fields.residual.shape == fields.displacement.shape == (2, 2, 32, 40)
+        assert fields.residual.abs().max() > 1e-3 and fields.affine.abs().max() > 1e-2
+        expected = affine_field_np(fields.affine.detach().double().numpy(), (32, 40))
+        affine_part = (fields.displacement - fields.residual).detach().double().numpy()
+        np.testing.assert_allclose(affine_part, expected, atol=1e-4)
+        torch.testing.assert_close(net(x), fields.displacement)
+
+    def test_affine_head_translation(self):
+        # theta = (0 | t) with zero head weights is a constant displacement t * half (pixels)
+        net = RegUNet(channels=SMALL, affine=True)
+        half = (40 - 1) / 2
+        with torch.no_grad():
+            net.affine_head[-1].bias.copy_(torch.tensor([0, 0, 2.0 / half, 0, 0, -3.0 / half]))
+        fields = net.decompose(torch.rand(1, 2, 32, 40))
+        translation = fields.displacement - fields.residual
+        torch.testing.assert_close(translation[:, 0], torch.full((1, 32, 40), 2.0))
+        torch.testing.assert_close(translation[:, 1], torch.full((1, 32, 40), -3.0))
+
+    def test_affine_3d(self):
+        net = RegUNet(spatial_dims=3, channels=(4, 8, 8), affine=True)
+        with torch.no_grad():
+            net.affine_head[-1].bias.normal_(0.0, 0.1)
+        fields = net.decompose(torch.rand(1, 2, 16, 20, 18))
+        assert fields.affine.shape == (1, 3, 4) and fields.displacement.shape == (1, 3, 16, 20, 18)
+        expected = affine_field_np(fields.affine.detach().double().numpy(), (16, 20, 18))
+        got = (fields.displacement - fields.residual).detach().double().numpy()
+        np.testing.assert_allclose(got, expected, atol=1e-4)
+
+    @pytest.mark.parametrize("seed", [0, 3, 5])
+    def test_diffeomorphic_does_not_fold(self, seed):
+        torch.manual_seed(seed)
+        net = RegUNet(channels=SMALL, diffeomorphic=True)
+        with torch.no_grad():
+            net.output.weight.normal_(0.0, 0.1)  # a velocity field of 1-3 px, rough
+        plain = RegUNet(channels=SMALL)
+        plain.load_state_dict(net.state_dict())  # same weights, no integration
+        noise = torch.rand(3, 2, 32, 32, generator=torch.Generator().manual_seed(seed))
+        x = kornia.filters.gaussian_blur2d(noise, (9, 9), (2.0, 2.0)) * 4
+        with torch.no_grad():
+            displacement, velocity = net(x), plain(x)
+        assert velocity.abs().max() > 1
+        assert folding_fraction(velocity).max() > 0  # used directly, this field folds
+        assert folding_fraction(displacement).tolist() == [0.0, 0.0, 0.0]
+        # (with much rougher fields, std 0.2, scaling and squaring on the pixel grid can fold
+        # a few border pixels: the guarantee is for the continuous flow)
+
+    def test_parameter_count(self):
+        # The paper's R (official ResUnet): 2,058,018 parameters in 2D with PAPER_CHANNELS.
+        count = sum(p.numel() for p in RegUNet(spatial_dims=2, in_channels=2).parameters())
+        assert 1.5e6 <= count <= 2.5e6
+
+    def test_gradcheck(self):
+        torch.manual_seed(0)
+        x = torch.rand(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+        for options in ({}, {"affine": True, "diffeomorphic": True, "integration_steps": 3}):
+            net = RegUNet(channels=(2, 3), bottleneck_blocks=1, **options).double()
+            with torch.no_grad():
+                net.output.weight.normal_(0.0, 0.1)
+                if options:
+                    net.affine_head[-1].weight.normal_(0.0, 0.1)
+            assert torch.autograd.gradcheck(net, (x,))
+
+    def test_autocast_bfloat16(self):
+        net = RegUNet(channels=SMALL, affine=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fields = net.decompose(torch.rand(2, 2, 32, 32))
+        assert fields.affine.dtype == torch.float32
+        assert fields.displacement.shape == (2, 2, 32, 32)
+        assert bool(torch.isfinite(fields.displacement).all())
+
+
+class TestRegistrationRecovery:
+    """R alone (identity generator: the moving image is warped itself) learns a known
+    misalignment from the correction loss (Eq. 7) and the smoothness loss (Eq. 8)."""
+
+    def test_recovers_translation(self):
+        torch.manual_seed(0)
+        image, _ = brain(32)
+        dy, dx = -2, 3  # target[y, x] = image[y - 2, x + 3]: built by slicing, not by warp
+        margin = 4
+        padded = F.pad(image, (margin,) * 4, value=-1.0)
+        target = padded[..., margin + dy : margin + dy + 32, margin + dx : margin + dx + 32]
+        truth = torch.zeros(1, 2, 32, 32)
+        truth[:, 0], truth[:, 1] = dy, dx  # warped[p] = image[p + u(p)] = target[p]
+        torch.testing.assert_close(warp(image, truth), target)  # the convention, checked
+        interior = target[0, 0] > -1
+        assert end_point_error(torch.zeros_like(truth), truth, interior) == pytest.approx(
+            math.hypot(dy, dx)
+        )
+
+        net = RegUNet(channels=SMALL)
+        steps = 150
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        x = torch.cat([image, target], dim=1)
+        for _ in range(steps):
+            displacement = net(x)
+            loss = correction_loss(warp(image, displacement), target) + smoothness_loss(
+                displacement
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        with torch.no_grad():
+            displacement = net(x)
+        assert end_point_error(displacement, truth, interior) < 0.5
+        assert correction_loss(warp(image, displacement), target) < 0.05
+
+    def test_affine_head_recovers_large_misalignment(self):
+        torch.manual_seed(0)
+        image, inside = brain(64)
+        centre = torch.tensor([[31.5, 31.5]])
+        matrix = kornia.geometry.transform.get_rotation_matrix2d(
+            centre, torch.tensor([5.0]), torch.ones(1, 2)
+        )
+        matrix[:, 0, 2] += 8.0  # + a 10 px translation (8, 6)
+        matrix[:, 1, 2] += 6.0
+        target = kornia.geometry.transform.warp_affine(
+            image, matrix, (64, 64), align_corners=True, padding_mode="border"
+        )
+        truth = affine_to_displacement(matrix, (64, 64))
+        assert end_point_error(torch.zeros_like(truth), truth, inside) > 9.5
+
+        net = RegUNet(channels=(16, 32, 32, 32, 32, 32), affine=True)
+        steps = 100  # EPE ~0.03 px at the end; lr 1e-3 alone oscillates, hence the decay
+        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        x = torch.cat([image, target], dim=1)
+        for _ in range(steps):
+            fields = net.decompose(x)
+            loss = correction_loss(warp(image, fields.displacement), target) + smoothness_loss(
+                fields.residual
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        with torch.no_grad():
+            fields = net.decompose(x)
+        assert end_point_error(fields.displacement, truth, inside) < 1.0
+        # the global head carries the misalignment; the dense residual only refines it
+        assert end_point_error(fields.displacement - fields.residual, truth, inside) < 1.0
