@@ -240,7 +240,7 @@ class RegistrationCorrection(nn.Module):
             total = torch.stack(list(losses.values())).sum()
             total.backward()
         finally:
-            for p, flag in zip(d_params, d_flags):
+            for p, flag in zip(d_params, d_flags, strict=True):
                 p.requires_grad_(flag)
         for optimizer in optimizers:
             optimizer.step()
