@@ -2,8 +2,8 @@
 
 The layout follows the published MUNIT architecture (``gen``/``dis`` blocks of its configs):
 
-* :class:`ContentEncoder`: 7×7 conv, ``num_downsampling`` stride-2 4×4 convs that double the width,
-  ``num_residual_blocks`` residual blocks; instance norm and ReLU throughout.
+* :class:`ContentEncoder`: 7×7 conv, ``num_downsamplings`` stride-2 4×4 convs that double the
+  width, ``num_residual_blocks`` residual blocks; instance norm and ReLU throughout.
 * :class:`StyleEncoder`: 7×7 conv, four stride-2 4×4 convs (the first two double the width), global
   average pooling and a 1×1 conv to a ``style_dim`` code; no normalisation.
 * :class:`AdaINDecoder`: residual blocks whose normalisations are adaptive instance norms with
@@ -234,7 +234,7 @@ class ContentEncoder(nn.Module):
     Args:
         in_channels: image channels.
         base_channels: width of the first layer (MUNIT ``gen.dim``, 64).
-        num_downsampling: stride-2 convs ``n`` (MUNIT ``n_downsample``, 2).
+        num_downsamplings: stride-2 convs ``n`` (MUNIT ``n_downsample``, 2).
         num_residual_blocks: residual blocks at the bottom (MUNIT ``n_res``, 4).
         padding_mode: ``"reflect"`` (MUNIT ``pad_type: reflect``) or ``"zeros"``.
     """
@@ -244,7 +244,7 @@ class ContentEncoder(nn.Module):
         *,
         in_channels: int,
         base_channels: int,
-        num_downsampling: int,
+        num_downsamplings: int,
         num_residual_blocks: int,
         padding_mode: str,
     ) -> None:
@@ -252,7 +252,7 @@ class ContentEncoder(nn.Module):
         block = {"norm": "instance", "activation": "relu", "padding_mode": padding_mode}
         layers: list[nn.Module] = [_conv_block(in_channels, base_channels, 7, 1, **block)]
         channels = base_channels
-        for _ in range(num_downsampling):
+        for _ in range(num_downsamplings):
             layers.append(_conv_block(channels, 2 * channels, 4, 2, **block))
             channels *= 2
         layers += [_ResidualBlock(channels, padding_mode) for _ in range(num_residual_blocks)]
@@ -304,7 +304,7 @@ class AdaINDecoder(nn.Module):
         out_channels: image channels.
         style_dim: length of the style code.
         mlp_channels: hidden width of the 3-layer style MLP (MUNIT ``mlp_dim``, 256).
-        num_upsampling: nearest ×2 upsampling steps, equal to the encoder's downsampling.
+        num_upsamplings: nearest ×2 upsampling steps, equal to the encoder's downsampling.
         num_residual_blocks: AdaIN residual blocks (two AdaIN layers each).
         padding_mode: ``"reflect"`` or ``"zeros"``.
     """
@@ -316,7 +316,7 @@ class AdaINDecoder(nn.Module):
         out_channels: int,
         style_dim: int,
         mlp_channels: int,
-        num_upsampling: int,
+        num_upsamplings: int,
         num_residual_blocks: int,
         padding_mode: str,
     ) -> None:
@@ -337,7 +337,7 @@ class AdaINDecoder(nn.Module):
         )
         layers: list[nn.Module] = []
         channels = content_channels
-        for _ in range(num_upsampling):
+        for _ in range(num_upsamplings):
             layers += [
                 nn.Upsample(scale_factor=2, mode="nearest"),
                 _conv_block(

@@ -338,13 +338,13 @@ class NICEGenerator(nn.Module):
 
     The latent map ``(B, 2·base, h, w)`` (``h = H/4``) goes through a 3×3 conv to ``4·base``
     channels with LIN and ReLU; an MLP turns it into per-sample AdaLIN ``γ``, ``β`` ``(B, 4·base)``;
-    ``residual_blocks`` AdaLIN residual blocks translate it; two sub-pixel up-samplings and a
+    ``num_residual_blocks`` AdaLIN residual blocks translate it; two sub-pixel up-samplings and a
     7×7 conv with ``tanh`` decode it to ``(B, out_channels, H, W)`` in ``[-1, 1]``.
 
     Args:
         out_channels: channels of the produced images.
         base_channels: NICE-GAN's ``ch`` (64); the latent input has ``2 * base_channels``.
-        residual_blocks: number of AdaLIN residual blocks (NICE-GAN: 6).
+        num_residual_blocks: number of AdaLIN residual blocks (NICE-GAN: 6).
         latent_size: ``None`` for the "light" MLP on the globally average-pooled map (any image
             size); ``(h, w)`` for NICE-GAN's full MLP on the flattened map, which then only
             accepts latent maps of that size.
@@ -355,7 +355,7 @@ class NICEGenerator(nn.Module):
         *,
         out_channels: int,
         base_channels: int,
-        residual_blocks: int,
+        num_residual_blocks: int,
         latent_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
@@ -377,7 +377,7 @@ class NICEGenerator(nn.Module):
         self.to_scale = nn.Linear(width, width, bias=False)
         self.to_shift = nn.Linear(width, width, bias=False)
         self.blocks = nn.ModuleList(
-            [_AdaLINResidualBlock(channels=width) for _ in range(residual_blocks)]
+            [_AdaLINResidualBlock(channels=width) for _ in range(num_residual_blocks)]
         )
         self.decoder = nn.Sequential(
             _pixel_shuffle_upsample(width),
@@ -411,7 +411,7 @@ class EncodingGenerator(nn.Module):
         in_channels: channels of the input images.
         out_channels: channels of the produced images.
         base_channels: width, as in :class:`CAMEncoder` / :class:`NICEGenerator`.
-        residual_blocks: number of AdaLIN residual blocks.
+        num_residual_blocks: number of AdaLIN residual blocks.
         latent_size: see :class:`NICEGenerator`.
     """
 
@@ -421,7 +421,7 @@ class EncodingGenerator(nn.Module):
         in_channels: int,
         out_channels: int,
         base_channels: int,
-        residual_blocks: int,
+        num_residual_blocks: int,
         latent_size: tuple[int, int] | None = None,
     ) -> None:
         super().__init__()
@@ -429,7 +429,7 @@ class EncodingGenerator(nn.Module):
         self.translator = NICEGenerator(
             out_channels=out_channels,
             base_channels=base_channels,
-            residual_blocks=residual_blocks,
+            num_residual_blocks=num_residual_blocks,
             latent_size=latent_size,
         )
 

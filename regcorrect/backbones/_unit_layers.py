@@ -110,40 +110,45 @@ class ResidualBlock(nn.Module):
         return features + self.body(features)
 
 
-def residual_stack(*, channels: int, n_blocks: int) -> nn.Sequential:
-    """``n_blocks`` :class:`ResidualBlock` s in a row (an empty, identity ``Sequential`` for 0)."""
-    return nn.Sequential(*(ResidualBlock(channels=channels) for _ in range(n_blocks)))
+def residual_stack(*, channels: int, num_blocks: int) -> nn.Sequential:
+    """``num_blocks`` :class:`ResidualBlock` s in a row (an identity ``Sequential`` for 0)."""
+    return nn.Sequential(*(ResidualBlock(channels=channels) for _ in range(num_blocks)))
 
 
 class DomainEncoder(nn.Sequential):
     """The domain-specific (unshared) front of a UNIT encoder.
 
-    ``7×7 conv (dim)`` → ``n_downsample`` × ``4×4 stride-2 conv (channels doubled)`` →
-    ``n_private_res`` residual blocks, all with instance norm and ReLU.
+    ``7×7 conv (base_channels)`` → ``num_downsamplings`` × ``4×4 stride-2 conv (channels
+    doubled)`` → ``num_private_blocks`` residual blocks, all with instance norm and ReLU.
 
     Args:
         in_channels: image channels ``C``.
-        dim: channels after the first convolution.
-        n_downsample: number of stride-2 convolutions; the output is
-            ``(B, dim * 2**n_downsample, H / 2**n_downsample, W / 2**n_downsample)``.
-        n_private_res: residual blocks owned by this domain alone.
+        base_channels: channels after the first convolution.
+        num_downsamplings: number of stride-2 convolutions ``n``; the output is
+            ``(B, base_channels * 2**n, H / 2**n, W / 2**n)``.
+        num_private_blocks: residual blocks owned by this domain alone.
     """
 
     def __init__(
-        self, *, in_channels: int, dim: int, n_downsample: int, n_private_res: int
+        self,
+        *,
+        in_channels: int,
+        base_channels: int,
+        num_downsamplings: int,
+        num_private_blocks: int,
     ) -> None:
         layers: list[nn.Module] = [
             ConvBlock(
                 in_channels=in_channels,
-                out_channels=dim,
+                out_channels=base_channels,
                 kernel_size=7,
                 padding=3,
                 norm="instance",
                 activation="relu",
             )
         ]
-        channels = dim
-        for _ in range(n_downsample):
+        channels = base_channels
+        for _ in range(num_downsamplings):
             layers.append(
                 ConvBlock(
                     in_channels=channels,
@@ -156,7 +161,7 @@ class DomainEncoder(nn.Sequential):
                 )
             )
             channels *= 2
-        layers.append(residual_stack(channels=channels, n_blocks=n_private_res))
+        layers.append(residual_stack(channels=channels, num_blocks=num_private_blocks))
         super().__init__(*layers)
         #: channels of the latent code this encoder produces.
         self.latent_channels = channels
@@ -165,23 +170,30 @@ class DomainEncoder(nn.Sequential):
 class DomainDecoder(nn.Sequential):
     """The domain-specific (unshared) back of a UNIT decoder.
 
-    ``n_private_res`` residual blocks → ``n_upsample`` × ``(nearest ×2, 5×5 conv, channels halved,
-    layer norm, ReLU)`` → ``7×7 conv`` → ``tanh``.
+    ``num_private_blocks`` residual blocks → ``num_upsamplings`` × ``(nearest ×2, 5×5 conv,
+    channels halved, layer norm, ReLU)`` → ``7×7 conv`` → ``tanh``.
 
     Args:
         latent_channels: channels of the latent code ``(B, latent_channels, h, w)``.
-        out_channels: image channels of the output ``(B, out_channels, h * 2**n_upsample, ...)``,
+        out_channels: image channels of the output ``(B, out_channels, h * 2**n, w * 2**n)``,
             values in ``[-1, 1]``.
-        n_upsample: number of ×2 up-sampling stages.
-        n_private_res: residual blocks owned by this domain alone.
+        num_upsamplings: number ``n`` of ×2 up-sampling stages.
+        num_private_blocks: residual blocks owned by this domain alone.
     """
 
     def __init__(
-        self, *, latent_channels: int, out_channels: int, n_upsample: int, n_private_res: int
+        self,
+        *,
+        latent_channels: int,
+        out_channels: int,
+        num_upsamplings: int,
+        num_private_blocks: int,
     ) -> None:
-        layers: list[nn.Module] = [residual_stack(channels=latent_channels, n_blocks=n_private_res)]
+        layers: list[nn.Module] = [
+            residual_stack(channels=latent_channels, num_blocks=num_private_blocks)
+        ]
         channels = latent_channels
-        for _ in range(n_upsample):
+        for _ in range(num_upsamplings):
             layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
             layers.append(
                 ConvBlock(
@@ -210,33 +222,37 @@ class DomainDecoder(nn.Sequential):
 class MultiScaleDiscriminator(nn.Module):
     """Multi-scale PatchGAN: one CNN per scale, the image average-pooled by 2 between scales.
 
-    Each scale's CNN is ``n_layer`` × ``(4×4 stride-2 conv, LeakyReLU 0.2)`` (channels
-    ``dim, 2 dim, 4 dim, ...``) and a ``1×1`` conv to one logit channel, so it needs an image of at
-    least ``2**n_layer`` pixels on each side. Scales whose (pooled) image is smaller than that are
-    **skipped**, so small images keep working with fewer scales: at 32×32 with ``n_layer=4`` the
-    8×8 third scale is left out and two predictions are returned.
+    Each scale's CNN is ``num_layers`` × ``(4×4 stride-2 conv, LeakyReLU 0.2)`` (channels
+    ``base, 2 base, 4 base, ...``) and a ``1×1`` conv to one logit channel, so it needs an image of
+    at least ``2**num_layers`` pixels on each side. Scales whose (pooled) image is smaller than
+    that are **skipped**, so small images keep working with fewer scales: at 32×32 with
+    ``num_layers=4`` the 8×8 third scale is left out and two predictions are returned.
 
     Args:
         in_channels: image channels ``C``.
-        dim: channels of the first layer.
-        n_layer: stride-2 layers per scale.
+        base_channels: channels of the first layer.
+        num_layers: stride-2 layers per scale.
         num_scales: number of scales (CNNs).
     """
 
-    def __init__(self, *, in_channels: int, dim: int, n_layer: int, num_scales: int) -> None:
+    def __init__(
+        self, *, in_channels: int, base_channels: int, num_layers: int, num_scales: int
+    ) -> None:
         super().__init__()
-        self.min_size = 2**n_layer
+        self.min_size = 2**num_layers
         self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
         self.scales = nn.ModuleList(
-            self._make_scale(in_channels=in_channels, dim=dim, n_layer=n_layer)
+            self._make_scale(
+                in_channels=in_channels, base_channels=base_channels, num_layers=num_layers
+            )
             for _ in range(num_scales)
         )
 
     @staticmethod
-    def _make_scale(*, in_channels: int, dim: int, n_layer: int) -> nn.Sequential:
+    def _make_scale(*, in_channels: int, base_channels: int, num_layers: int) -> nn.Sequential:
         layers: list[nn.Module] = []
-        channels_in, channels_out = in_channels, dim
-        for _ in range(n_layer):
+        channels_in, channels_out = in_channels, base_channels
+        for _ in range(num_layers):
             layers.append(
                 ConvBlock(
                     in_channels=channels_in,
@@ -266,8 +282,9 @@ class MultiScaleDiscriminator(nn.Module):
         """Patch logits of ``image`` ``(B, C, H, W)`` at every usable scale.
 
         Returns:
-            A list, finest scale first, of ``(B, 1, H_s / 2**n_layer, W_s / 2**n_layer)`` maps,
-            where ``H_s = ceil(H / 2**s)``; its length is :meth:`num_active_scales`.
+            A list, finest scale first, of ``(B, 1, H_s / 2**L, W_s / 2**L)`` maps, where
+            ``L = num_layers`` and ``H_s = ceil(H / 2**s)``; its length is
+            :meth:`num_active_scales`.
         """
         predictions = []
         for scale in self.scales[: self.num_active_scales(image.shape[-2], image.shape[-1])]:

@@ -16,6 +16,11 @@ Conventions for every backbone:
   scalar tensor; the engine sums them (plus the +R terms) and calls ``backward`` once.
 * ``fakes`` are the generated images the discriminators must see, already ``detach()``-ed; the
   engine may pass them through a replay buffer before :meth:`discriminator_losses`.
+* **Adversarial terms are summed over discriminator scales and heads**, never averaged, on both
+  sides — as MUNIT, UNIT and NICE-GAN do in their original code, so that each method's published
+  loss weights keep their meaning. :meth:`TranslationBackbone.gan_generator_loss` and
+  :meth:`TranslationBackbone.gan_discriminator_loss` apply this rule to a tensor or a list of
+  per-scale outputs. (The discriminator side is the library's ``0.5 * (real + fake)`` per scale.)
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice
-from ..losses.adversarial import GAN_MODES, GANLoss
+from ..losses.adversarial import GAN_MODES, DiscriminatorOutput, GANLoss
 
 __all__ = ["GeneratorOutput", "TranslationBackbone"]
 
@@ -90,3 +96,53 @@ class TranslationBackbone(nn.Module, ABC):
         self, source: Tensor, target: Tensor, fakes: dict[str, Tensor]
     ) -> dict[str, Tensor]:
         """Weighted discriminator loss terms on real images and the (detached) ``fakes``."""
+
+    def gan_generator_loss(self, fake_prediction: DiscriminatorOutput) -> Tensor:
+        """Generator-side GAN loss of ``D(G(x))``, **summed** over discriminator scales.
+
+        Args:
+            fake_prediction: one output tensor, or a list of them (one per scale or head).
+
+        Returns:
+            Float32 scalar ``sum_s gan.generator(fake_prediction[s])`` (unweighted).
+
+        Example:
+            >>> from regcorrect.backbones import CycleGAN
+            >>> backbone = CycleGAN(base_channels=8, num_residual_blocks=1, cyclic=False)
+            >>> backbone.gan_generator_loss([torch.zeros(1, 1, 4, 4), torch.ones(1, 1, 2, 2)])
+            tensor(1.)
+        """
+        return torch.stack([self.gan.generator(p) for p in _per_scale(fake_prediction)]).sum()
+
+    def gan_discriminator_loss(
+        self, real_prediction: DiscriminatorOutput, fake_prediction: DiscriminatorOutput
+    ) -> Tensor:
+        """Discriminator-side GAN loss, **summed** over discriminator scales.
+
+        Args:
+            real_prediction: ``D(y)``, a tensor or a list of per-scale tensors.
+            fake_prediction: ``D(G(x).detach())``, with as many scales as ``real_prediction``.
+
+        Returns:
+            Float32 scalar ``sum_s gan.discriminator(real[s], fake[s])`` (unweighted).
+        """
+        real, fake = _per_scale(real_prediction), _per_scale(fake_prediction)
+        if len(real) != len(fake):
+            raise ValueError(
+                "real_prediction and fake_prediction must have the same number of scales, got "
+                f"{len(real)} and {len(fake)}"
+            )
+        terms = [self.gan.discriminator(r, f) for r, f in zip(real, fake, strict=True)]
+        return torch.stack(terms).sum()
+
+
+def _per_scale(prediction: DiscriminatorOutput) -> list[Tensor]:
+    """A discriminator output as a list of per-scale tensors (a single tensor is one scale)."""
+    if isinstance(prediction, Tensor):
+        return [prediction]
+    if isinstance(prediction, (list, tuple)) and len(prediction) > 0:
+        return list(prediction)
+    raise TypeError(
+        "a discriminator output must be a tensor or a non-empty list of tensors, got "
+        f"{type(prediction).__name__}"
+    )

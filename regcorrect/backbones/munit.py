@@ -56,7 +56,7 @@ class MUNITBackbone(TranslationBackbone):
     """MUNIT in mode C (full MUNIT) or mode NC (one content-encoder + AdaIN-decoder generator).
 
     Images are ``(B, C, H, W)`` in ``[-1, 1]``; ``H`` and ``W`` must be multiples of
-    ``2**num_downsampling`` and at least :attr:`min_size` (16 at the defaults).
+    ``2**num_downsamplings`` and at least :attr:`min_size` (16 at the defaults).
 
     Args:
         in_channels: channels of ``source`` (domain X).
@@ -64,7 +64,7 @@ class MUNITBackbone(TranslationBackbone):
         cyclic: ``True`` for mode C, ``False`` for mode NC (see the module docstring).
         gan_mode: ``"lsgan"`` (MUNIT's and the paper's choice), ``"vanilla"`` or ``"hinge"``.
         adversarial_weight: weight of each adversarial term, G and D sides (MUNIT ``gan_w``, 1);
-            must be positive.
+            must be positive. Each term is summed over the discriminator scales, as in MUNIT.
         image_reconstruction_weight: within-domain image reconstruction (``recon_x_w``, 10).
         style_reconstruction_weight: style code reconstruction (``recon_s_w``, 1).
         content_reconstruction_weight: content code reconstruction (``recon_c_w``, 1).
@@ -72,7 +72,7 @@ class MUNITBackbone(TranslationBackbone):
             official configs); the term is only computed when positive. Mode C only.
         base_channels: width of the first encoder layer (``gen.dim``, 64).
         style_dim: length of the style code (``style_dim``, 8).
-        num_downsampling: stride-2 convs of the content encoder (``n_downsample``, 2).
+        num_downsamplings: stride-2 convs of the content encoder (``n_downsample``, 2).
         num_residual_blocks: residual blocks in content encoder and decoder (``n_res``, 4).
         mlp_channels: hidden width of the style → AdaIN MLP (``mlp_dim``, 256).
         discriminator_channels: width of the first discriminator layer (``dis.dim``, 64).
@@ -102,7 +102,7 @@ class MUNITBackbone(TranslationBackbone):
         cycle_weight: float = 0.0,
         base_channels: int = 64,
         style_dim: int = 8,
-        num_downsampling: int = 2,
+        num_downsamplings: int = 2,
         num_residual_blocks: int = 4,
         mlp_channels: int = 256,
         discriminator_channels: int = 64,
@@ -123,7 +123,7 @@ class MUNITBackbone(TranslationBackbone):
             ("discriminator_scales", discriminator_scales),
         ):
             check_positive(value, name)
-        check_positive(num_downsampling, "num_downsampling", strict=False)
+        check_positive(num_downsamplings, "num_downsamplings", strict=False)
         check_positive(adversarial_weight, "adversarial_weight")
         for name, value in (
             ("image_reconstruction_weight", image_reconstruction_weight),
@@ -142,7 +142,7 @@ class MUNITBackbone(TranslationBackbone):
         self.style_reconstruction_weight = float(style_reconstruction_weight)
         self.content_reconstruction_weight = float(content_reconstruction_weight)
         self.cycle_weight = float(cycle_weight)
-        self.size_multiple = 2**num_downsampling
+        self.size_multiple = 2**num_downsamplings
         # smallest side every network accepts: the content bottleneck needs >= 2 pixels for its
         # 3×3 reflect padding, each discriminator scale >= 2**layers, the style encoder >= 2**4
         sizes = [4, 2 * self.size_multiple, 2**discriminator_layers]
@@ -154,7 +154,7 @@ class MUNITBackbone(TranslationBackbone):
             return ContentEncoder(
                 in_channels=channels,
                 base_channels=base_channels,
-                num_downsampling=num_downsampling,
+                num_downsamplings=num_downsamplings,
                 num_residual_blocks=num_residual_blocks,
                 padding_mode=padding_mode,
             )
@@ -165,7 +165,7 @@ class MUNITBackbone(TranslationBackbone):
                 out_channels=channels,
                 style_dim=style_dim,
                 mlp_channels=mlp_channels,
-                num_upsampling=num_downsampling,
+                num_upsamplings=num_downsamplings,
                 num_residual_blocks=num_residual_blocks,
                 padding_mode=padding_mode,
             )
@@ -294,7 +294,7 @@ class MUNITBackbone(TranslationBackbone):
             return self._cyclic_forward(source, target)
         content = self.source_content_encoder(source)
         translated = self.target_decoder(content, self._sample_style(source))
-        adversarial = self.gan.generator(self.target_discriminator(translated))
+        adversarial = self.gan_generator_loss(self.target_discriminator(translated))
         losses = {"adversarial_target": self.adversarial_weight * adversarial}
         return GeneratorOutput(translated, losses, {"target": translated.detach()})
 
@@ -311,8 +311,8 @@ class MUNITBackbone(TranslationBackbone):
 
         Returns:
             ``discriminator_target`` and, in mode C, ``discriminator_source``: float32 scalars,
-            ``adversarial_weight * gan.discriminator(D(real), D(fake))`` with the per-scale
-            outputs passed as lists.
+            ``adversarial_weight * sum_s gan.discriminator(D_s(real), D_s(fake))``, summed
+            over the discriminator scales as in MUNIT.
         """
         self._check_pair(source, target)
         pairs = [("target", target, self.target_discriminator, self.out_channels)]
@@ -327,7 +327,7 @@ class MUNITBackbone(TranslationBackbone):
                 )
             fake = fakes[domain]
             self._check_image(fake, f"fakes[{domain!r}]", channels)
-            loss = self.gan.discriminator(discriminator(real), discriminator(fake.detach()))
+            loss = self.gan_discriminator_loss(discriminator(real), discriminator(fake.detach()))
             losses[f"discriminator_{domain}"] = self.adversarial_weight * loss
         return losses
 
@@ -357,10 +357,10 @@ class MUNITBackbone(TranslationBackbone):
         prior_source_style_again = self.source_style_encoder(translated_to_source)
 
         unweighted = {
-            "adversarial_target": self.gan.generator(
+            "adversarial_target": self.gan_generator_loss(
                 self.target_discriminator(translated_to_target)
             ),
-            "adversarial_source": self.gan.generator(
+            "adversarial_source": self.gan_generator_loss(
                 self.source_discriminator(translated_to_source)
             ),
             "image_reconstruction_source": _l1(reconstructed_source, source),
@@ -414,7 +414,7 @@ class MUNITBackbone(TranslationBackbone):
         height, width = image.shape[-2:]
         if height % self.size_multiple or width % self.size_multiple:
             raise ValueError(
-                f"{name} height and width must be multiples of 2**num_downsampling = "
+                f"{name} height and width must be multiples of 2**num_downsamplings = "
                 f"{self.size_multiple}, got shape {tuple(image.shape)}"
             )
         if min(height, width) < self.min_size:

@@ -62,7 +62,7 @@ class NICEGANBackbone(TranslationBackbone):
         reconstruction_weight: weight of the L1 reconstruction loss ``G_Y→X(E_X(x)) ≈ x``,
             mode C only (NICE-GAN: 10).
         base_channels: NICE-GAN's ``ch`` (64): width of the first encoder convolution.
-        residual_blocks: AdaLIN residual blocks per generator (NICE-GAN: 6).
+        num_residual_blocks: AdaLIN residual blocks per generator (NICE-GAN: 6).
         discriminator_layers: convolutions on the global path of a discriminator (NICE-GAN: 7),
             ``>= 5``. Images fed to a discriminator need sides ``>= 3 * 2**(layers - 2)``: 96 for
             7, 48 for 6, 24 for 5.
@@ -74,7 +74,7 @@ class NICEGANBackbone(TranslationBackbone):
     Inputs are ``(B, C, H, W)`` in ``[-1, 1]`` with ``H`` and ``W`` multiples of 4.
 
     Example:
-        >>> model = NICEGANBackbone(base_channels=8, residual_blocks=1, discriminator_layers=5)
+        >>> model = NICEGANBackbone(base_channels=8, num_residual_blocks=1, discriminator_layers=5)
         >>> x, y = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 1, 32, 32) * 2 - 1
         >>> out = model.generator_forward(x, y)
         >>> sorted(out.losses)
@@ -96,7 +96,7 @@ class NICEGANBackbone(TranslationBackbone):
         cycle_weight: float = 10.0,
         reconstruction_weight: float = 10.0,
         base_channels: int = 64,
-        residual_blocks: int = 6,
+        num_residual_blocks: int = 6,
         discriminator_layers: int = 7,
         image_size: int | tuple[int, int] | None = None,
     ) -> None:
@@ -104,7 +104,7 @@ class NICEGANBackbone(TranslationBackbone):
         _check_int(in_channels, "in_channels", 1)
         _check_int(out_channels, "out_channels", 1)
         _check_int(base_channels, "base_channels", 1)
-        _check_int(residual_blocks, "residual_blocks", 0)
+        _check_int(num_residual_blocks, "num_residual_blocks", 0)
         _check_int(discriminator_layers, "discriminator_layers", 5)
         for value, name in (
             (adversarial_weight, "adversarial_weight"),
@@ -128,7 +128,7 @@ class NICEGANBackbone(TranslationBackbone):
             return NICEGenerator(
                 out_channels=channels,
                 base_channels=base_channels,
-                residual_blocks=residual_blocks,
+                num_residual_blocks=num_residual_blocks,
                 latent_size=latent_size,
             )
 
@@ -151,7 +151,7 @@ class NICEGANBackbone(TranslationBackbone):
                 in_channels=in_channels,
                 out_channels=out_channels,
                 base_channels=base_channels,
-                residual_blocks=residual_blocks,
+                num_residual_blocks=num_residual_blocks,
                 latent_size=latent_size,
             )
 
@@ -287,16 +287,17 @@ class NICEGANBackbone(TranslationBackbone):
 
     def _generator_adversarial(self, judged: NICEDiscriminatorOutput) -> tuple[Tensor, Tensor]:
         """Generator-side (local + global, CAM) losses, summed over heads as in NICE-GAN."""
-        patch = self.gan.generator(judged.local_logits) + self.gan.generator(judged.global_logits)
-        return patch, self.gan.generator(judged.cam_logits)
+        patch = self.gan_generator_loss([judged.local_logits, judged.global_logits])
+        return patch, self.gan_generator_loss(judged.cam_logits)
 
     def _discriminator_adversarial(
         self, real: NICEDiscriminatorOutput, fake: NICEDiscriminatorOutput
     ) -> tuple[Tensor, Tensor]:
         """Discriminator-side (local + global, CAM) losses, summed over heads."""
-        local = self.gan.discriminator(real.local_logits, fake.local_logits)
-        global_ = self.gan.discriminator(real.global_logits, fake.global_logits)
-        return local + global_, self.gan.discriminator(real.cam_logits, fake.cam_logits)
+        patch = self.gan_discriminator_loss(
+            [real.local_logits, real.global_logits], [fake.local_logits, fake.global_logits]
+        )
+        return patch, self.gan_discriminator_loss(real.cam_logits, fake.cam_logits)
 
     def _source_encoder_and_translator(self) -> tuple[CAMEncoder, NICEGenerator]:
         generator = self.generator_source_to_target

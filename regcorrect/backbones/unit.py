@@ -44,7 +44,8 @@ def latent_kl_loss(latent_mean: Tensor) -> Tensor:
 
     With a unit-variance posterior, :math:`KL(N(\\mu, I) \\| N(0, I)) = \\tfrac12 \\sum_i \\mu_i^2`.
     UNIT uses the **mean** of :math:`\\mu_i^2` over all elements (twice the per-element KL); the
-    published weight ``recon_kl_w = 0.01`` is calibrated for that form, so it is kept here.
+    published weight (``kl_weight``, UNIT's ``recon_kl_w`` = 0.01) is calibrated for that form,
+    so it is kept here.
 
     Args:
         latent_mean: encoder output ``mu``, any shape (``(B, C_z, h, w)`` for UNIT).
@@ -71,11 +72,12 @@ class SharedLatentGenerator(nn.Module):
         encoder_channels: image channels per domain that gets an encoder, e.g.
             ``{"source": 1, "target": 1}``.
         decoder_channels: image channels per domain that gets a decoder.
-        dim: channels after the first convolution; the latent has ``dim * 2**n_downsample``.
-        n_downsample: stride-2 stages; the latent is ``(B, C_z, H / 2**n, W / 2**n)``.
-        n_res: residual blocks per encoder and per decoder, shared ones included.
-        n_shared: how many of the ``n_res`` blocks are shared (the last of each encoder, the first
-            of each decoder); ``0 <= n_shared <= n_res``.
+        base_channels: channels after the first convolution; the latent has
+            ``base_channels * 2**num_downsamplings``.
+        num_downsamplings: stride-2 stages ``n``; the latent is ``(B, C_z, H / 2**n, W / 2**n)``.
+        num_residual_blocks: residual blocks per encoder and per decoder, shared ones included.
+        num_shared_blocks: how many of the ``num_residual_blocks`` are shared (the last of each
+            encoder, the first of each decoder); ``0 <= num_shared_blocks <= num_residual_blocks``.
     """
 
     def __init__(
@@ -83,33 +85,38 @@ class SharedLatentGenerator(nn.Module):
         *,
         encoder_channels: dict[str, int],
         decoder_channels: dict[str, int],
-        dim: int,
-        n_downsample: int,
-        n_res: int,
-        n_shared: int,
+        base_channels: int,
+        num_downsamplings: int,
+        num_residual_blocks: int,
+        num_shared_blocks: int,
     ) -> None:
         super().__init__()
+        num_private_blocks = num_residual_blocks - num_shared_blocks
         self.encoders = nn.ModuleDict(
             {
                 domain: DomainEncoder(
                     in_channels=channels,
-                    dim=dim,
-                    n_downsample=n_downsample,
-                    n_private_res=n_res - n_shared,
+                    base_channels=base_channels,
+                    num_downsamplings=num_downsamplings,
+                    num_private_blocks=num_private_blocks,
                 )
                 for domain, channels in encoder_channels.items()
             }
         )
-        self.latent_channels = dim * 2**n_downsample
-        self.shared_encoder = residual_stack(channels=self.latent_channels, n_blocks=n_shared)
-        self.shared_decoder = residual_stack(channels=self.latent_channels, n_blocks=n_shared)
+        self.latent_channels = base_channels * 2**num_downsamplings
+        self.shared_encoder = residual_stack(
+            channels=self.latent_channels, num_blocks=num_shared_blocks
+        )
+        self.shared_decoder = residual_stack(
+            channels=self.latent_channels, num_blocks=num_shared_blocks
+        )
         self.decoders = nn.ModuleDict(
             {
                 domain: DomainDecoder(
                     latent_channels=self.latent_channels,
                     out_channels=channels,
-                    n_upsample=n_downsample,
-                    n_private_res=n_res - n_shared,
+                    num_upsamplings=num_downsamplings,
+                    num_private_blocks=num_private_blocks,
                 )
                 for domain, channels in decoder_channels.items()
             }
@@ -143,46 +150,50 @@ class SharedLatentGenerator(nn.Module):
 class UNITBackbone(TranslationBackbone):
     """UNIT in the RegGAN modes C (``cyclic=True``) and NC (``cyclic=False``).
 
-    Loss weights keep UNIT's names and published values. Generator terms (mode C, ``lsgan``):
+    Loss weights have UNIT's published values; the names are the library's (UNIT's config key in
+    brackets). Generator terms (mode C, ``lsgan``):
 
-    * ``"adversarial"``: ``gan_w * sum_s [mean((D_Y_s(G_Y(z_x)) - 1)^2)
-      + mean((D_X_s(G_X(z_y)) - 1)^2)]`` with ``z = mu + n``
-      — **summed** over discriminator scales as in UNIT, so ``gan_w : recon_x_w = 1 : 10`` keeps
-      its published meaning;
-    * ``"reconstruction"``: ``recon_x_w * (|G_X(z_x) - x|_1 + |G_Y(z_y) - y|_1)``;
-    * ``"kl"``: ``recon_kl_w * (kl(mu_x) + kl(mu_y))`` with :func:`latent_kl_loss`;
-    * ``"cycle"``: ``recon_x_cyc_w * (|G_X(z_xy) - x|_1 + |G_Y(z_yx) - y|_1)`` where ``z_xy`` is
+    * ``"adversarial"``: ``adversarial_weight * sum_s [mean((D_Y_s(G_Y(z_x)) - 1)^2)
+      + mean((D_X_s(G_X(z_y)) - 1)^2)]`` with ``z = mu + n`` — **summed** over discriminator
+      scales as in UNIT (:meth:`~TranslationBackbone.gan_generator_loss`), so
+      ``adversarial_weight : reconstruction_weight = 1 : 10`` keeps its published meaning;
+    * ``"reconstruction"``: ``reconstruction_weight * (|G_X(z_x) - x|_1 + |G_Y(z_y) - y|_1)``;
+    * ``"kl"``: ``kl_weight * (kl(mu_x) + kl(mu_y))`` with :func:`latent_kl_loss`;
+    * ``"cycle"``: ``cycle_weight * (|G_X(z_xy) - x|_1 + |G_Y(z_yx) - y|_1)`` where ``z_xy`` is
       the (noisy) code of the translation ``G_Y(z_x)`` re-encoded by ``E_Y``;
-    * ``"cycle_kl"``: ``recon_kl_cyc_w * (kl(mu_xy) + kl(mu_yx))``.
+    * ``"cycle_kl"``: ``cycle_kl_weight * (kl(mu_xy) + kl(mu_yx))``.
 
     Mode NC returns ``"adversarial"`` only (Y side). Discriminator terms are
-    ``gan_w * self.gan.discriminator(...)`` per domain (``"adversarial_target"``, and
-    ``"adversarial_source"`` in mode C).
+    ``adversarial_weight * sum_s gan.discriminator(D_s(real), D_s(fake))`` per domain
+    (``"adversarial_target"``, and ``"adversarial_source"`` in mode C).
 
     Args:
         in_channels: channels of source images (domain X).
         out_channels: channels of target images (domain Y).
         cyclic: mode C (``True``) or NC (``False``).
         gan_mode: ``"lsgan"`` (UNIT and RegGAN), ``"vanilla"`` or ``"hinge"``.
-        gan_w: adversarial weight (UNIT: 1).
-        recon_x_w: VAE image reconstruction weight (UNIT: 10), mode C.
-        recon_kl_w: VAE KL weight (UNIT: 0.01), mode C.
-        recon_x_cyc_w: cycle reconstruction weight (UNIT: 10), mode C.
-        recon_kl_cyc_w: cycle KL weight (UNIT: 0.01), mode C.
-        dim: generator width after the first convolution (UNIT: 64).
-        n_downsample: stride-2 stages of each encoder, ×2 stages of each decoder (UNIT: 2).
-            Image sides must be multiples of ``2**n_downsample`` and at least
-            ``max(4, 2 * 2**n_downsample)``.
-        n_res: residual blocks per encoder and per decoder (UNIT: 4).
-        n_shared: how many of them are shared between the domains — the last of each encoder, the
-            first of each decoder (UNIT paper: 1).
-        discriminator_dim: channels of each discriminator's first layer (UNIT: 64).
-        n_layer: stride-2 layers per discriminator scale (UNIT: 4); images need sides of at least
-            ``2**n_layer`` for :meth:`generator_forward` and :meth:`discriminator_losses`.
-        num_scales: discriminator scales (UNIT: 3); scales too small for ``n_layer`` are skipped.
+        adversarial_weight: adversarial weight (UNIT ``gan_w``: 1).
+        reconstruction_weight: VAE image reconstruction weight (``recon_x_w``: 10), mode C.
+        kl_weight: VAE KL weight (``recon_kl_w``: 0.01), mode C.
+        cycle_weight: cycle reconstruction weight (``recon_x_cyc_w``: 10), mode C.
+        cycle_kl_weight: cycle KL weight (``recon_kl_cyc_w``: 0.01), mode C.
+        base_channels: generator width after the first convolution (``gen.dim``: 64).
+        num_downsamplings: stride-2 stages of each encoder, ×2 stages of each decoder
+            (``n_downsample``: 2). Image sides must be multiples of ``2**num_downsamplings`` and
+            at least ``max(4, 2 * 2**num_downsamplings)``.
+        num_residual_blocks: residual blocks per encoder and per decoder (``n_res``: 4).
+        num_shared_blocks: how many of them are shared between the domains — the last of each
+            encoder, the first of each decoder (UNIT paper: 1).
+        discriminator_channels: channels of each discriminator's first layer (``dis.dim``: 64).
+        discriminator_layers: stride-2 layers per discriminator scale (``n_layer``: 4); images
+            need sides of at least ``2**discriminator_layers`` for :meth:`generator_forward` and
+            :meth:`discriminator_losses`.
+        discriminator_scales: discriminator scales (``num_scales``: 3); scales too small for
+            ``discriminator_layers`` are skipped.
 
     Example:
-        >>> model = UNITBackbone(dim=8, n_res=2, discriminator_dim=8, n_layer=2)
+        >>> model = UNITBackbone(base_channels=8, num_residual_blocks=2,
+        ...                      discriminator_channels=8, discriminator_layers=2)
         >>> x, y = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 1, 32, 32) * 2 - 1
         >>> out = model.generator_forward(x, y)
         >>> sorted(out.losses)
@@ -200,64 +211,70 @@ class UNITBackbone(TranslationBackbone):
         out_channels: int = 1,
         cyclic: bool = True,
         gan_mode: str = "lsgan",
-        gan_w: float = 1.0,
-        recon_x_w: float = 10.0,
-        recon_kl_w: float = 0.01,
-        recon_x_cyc_w: float = 10.0,
-        recon_kl_cyc_w: float = 0.01,
-        dim: int = 64,
-        n_downsample: int = 2,
-        n_res: int = 4,
-        n_shared: int = 1,
-        discriminator_dim: int = 64,
-        n_layer: int = 4,
-        num_scales: int = 3,
+        adversarial_weight: float = 1.0,
+        reconstruction_weight: float = 10.0,
+        kl_weight: float = 0.01,
+        cycle_weight: float = 10.0,
+        cycle_kl_weight: float = 0.01,
+        base_channels: int = 64,
+        num_downsamplings: int = 2,
+        num_residual_blocks: int = 4,
+        num_shared_blocks: int = 1,
+        discriminator_channels: int = 64,
+        discriminator_layers: int = 4,
+        discriminator_scales: int = 3,
     ) -> None:
         super().__init__(cyclic=cyclic, gan_mode=gan_mode)
         for name, value in (
             ("in_channels", in_channels),
             ("out_channels", out_channels),
-            ("dim", dim),
-            ("n_res", n_res),
-            ("discriminator_dim", discriminator_dim),
-            ("n_layer", n_layer),
-            ("num_scales", num_scales),
+            ("base_channels", base_channels),
+            ("num_residual_blocks", num_residual_blocks),
+            ("discriminator_channels", discriminator_channels),
+            ("discriminator_layers", discriminator_layers),
+            ("discriminator_scales", discriminator_scales),
         ):
             _check_int(value, name, minimum=1)
-        _check_int(n_downsample, "n_downsample", minimum=0)
-        _check_int(n_shared, "n_shared", minimum=0)
-        if n_shared > n_res:
-            raise ValueError(f"n_shared must be <= n_res={n_res}, got {n_shared}")
+        _check_int(num_downsamplings, "num_downsamplings", minimum=0)
+        _check_int(num_shared_blocks, "num_shared_blocks", minimum=0)
+        if num_shared_blocks > num_residual_blocks:
+            raise ValueError(
+                f"num_shared_blocks must be <= num_residual_blocks={num_residual_blocks}, "
+                f"got {num_shared_blocks}"
+            )
         for name, value in (
-            ("gan_w", gan_w),
-            ("recon_x_w", recon_x_w),
-            ("recon_kl_w", recon_kl_w),
-            ("recon_x_cyc_w", recon_x_cyc_w),
-            ("recon_kl_cyc_w", recon_kl_cyc_w),
+            ("adversarial_weight", adversarial_weight),
+            ("reconstruction_weight", reconstruction_weight),
+            ("kl_weight", kl_weight),
+            ("cycle_weight", cycle_weight),
+            ("cycle_kl_weight", cycle_kl_weight),
         ):
             check_positive(value, name, strict=False)
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.gan_w, self.recon_x_w, self.recon_kl_w = gan_w, recon_x_w, recon_kl_w
-        self.recon_x_cyc_w, self.recon_kl_cyc_w = recon_x_cyc_w, recon_kl_cyc_w
-        self.n_downsample = n_downsample
+        self.adversarial_weight = float(adversarial_weight)
+        self.reconstruction_weight = float(reconstruction_weight)
+        self.kl_weight = float(kl_weight)
+        self.cycle_weight = float(cycle_weight)
+        self.cycle_kl_weight = float(cycle_kl_weight)
+        self.num_downsamplings = num_downsamplings
 
         channels = {"source": in_channels, "target": out_channels}
         # NC needs E_X and G_Y only; the other VAE halves and D_X are never built.
         self.generator = SharedLatentGenerator(
             encoder_channels=channels if cyclic else {"source": in_channels},
             decoder_channels=channels if cyclic else {"target": out_channels},
-            dim=dim,
-            n_downsample=n_downsample,
-            n_res=n_res,
-            n_shared=n_shared,
+            base_channels=base_channels,
+            num_downsamplings=num_downsamplings,
+            num_residual_blocks=num_residual_blocks,
+            num_shared_blocks=num_shared_blocks,
         )
         self.discriminator_of = nn.ModuleDict(
             {
                 domain: MultiScaleDiscriminator(
                     in_channels=channels[domain],
-                    dim=discriminator_dim,
-                    n_layer=n_layer,
-                    num_scales=num_scales,
+                    base_channels=discriminator_channels,
+                    num_layers=discriminator_layers,
+                    num_scales=discriminator_scales,
                 )
                 for domain in (_DOMAINS if cyclic else ("target",))
             }
@@ -279,7 +296,7 @@ class UNITBackbone(TranslationBackbone):
 
         Args:
             source: ``(B, in_channels, H, W)`` in ``[-1, 1]``; ``H, W`` multiples of
-                ``2**n_downsample``.
+                ``2**num_downsamplings``.
 
         Returns:
             ``(B, out_channels, H, W)`` in ``[-1, 1]``.
@@ -307,7 +324,9 @@ class UNITBackbone(TranslationBackbone):
         adversarial = self._generator_adversarial(translated, "target")
         fakes = {"target": translated.detach()}
         if not self.cyclic:
-            return GeneratorOutput(translated, {"adversarial": self.gan_w * adversarial}, fakes)
+            return GeneratorOutput(
+                translated, {"adversarial": self.adversarial_weight * adversarial}, fakes
+            )
 
         target_mean = generator.encode(target, "target")
         target_latent = generator.sample_latent(target_mean)
@@ -317,22 +336,22 @@ class UNITBackbone(TranslationBackbone):
         reconstructed_source = generator.decode(source_latent, "source")
         reconstructed_target = generator.decode(target_latent, "target")
         losses = {
-            "adversarial": self.gan_w * adversarial,
-            "reconstruction": self.recon_x_w
+            "adversarial": self.adversarial_weight * adversarial,
+            "reconstruction": self.reconstruction_weight
             * (cycle_loss(reconstructed_source, source) + cycle_loss(reconstructed_target, target)),
-            "kl": self.recon_kl_w * (latent_kl_loss(source_mean) + latent_kl_loss(target_mean)),
+            "kl": self.kl_weight * (latent_kl_loss(source_mean) + latent_kl_loss(target_mean)),
         }
-        if self.recon_x_cyc_w > 0 or self.recon_kl_cyc_w > 0:
+        if self.cycle_weight > 0 or self.cycle_kl_weight > 0:
             translated_mean = generator.encode(translated, "target")
             translated_to_source_mean = generator.encode(translated_to_source, "source")
             cycled_source = generator.decode(generator.sample_latent(translated_mean), "source")
             cycled_target = generator.decode(
                 generator.sample_latent(translated_to_source_mean), "target"
             )
-            losses["cycle"] = self.recon_x_cyc_w * (
+            losses["cycle"] = self.cycle_weight * (
                 cycle_loss(cycled_source, source) + cycle_loss(cycled_target, target)
             )
-            losses["cycle_kl"] = self.recon_kl_cyc_w * (
+            losses["cycle_kl"] = self.cycle_kl_weight * (
                 latent_kl_loss(translated_mean) + latent_kl_loss(translated_to_source_mean)
             )
         return GeneratorOutput(translated, losses, fakes)
@@ -370,7 +389,7 @@ class UNITBackbone(TranslationBackbone):
                     f"fakes[{domain!r}] must have shape (B, {', '.join(map(str, real.shape[1:]))}) "
                     f"like the real {domain}, got {tuple(fake.shape)}"
                 )
-            losses[f"adversarial_{domain}"] = self.gan_w * self.gan.discriminator(
+            losses[f"adversarial_{domain}"] = self.adversarial_weight * self.gan_discriminator_loss(
                 discriminator(real), discriminator(fake.detach())
             )
         return losses
@@ -378,8 +397,7 @@ class UNITBackbone(TranslationBackbone):
     # ------------------------------------------------------------------------------------ helpers
     def _generator_adversarial(self, fake: Tensor, domain: str) -> Tensor:
         """Unweighted generator-side GAN loss of ``fake``, summed over discriminator scales."""
-        predictions = self.discriminator_of[domain](fake)
-        return torch.stack([self.gan.generator(p) for p in predictions]).sum()
+        return self.gan_generator_loss(self.discriminator_of[domain](fake))
 
     def _check_image(self, image: Tensor, name: str, channels: int) -> None:
         check_float(image, name)
@@ -390,12 +408,12 @@ class UNITBackbone(TranslationBackbone):
                 f"got shape {tuple(image.shape)}"
             )
         height, width = image.shape[-2:]
-        factor = 2**self.n_downsample
+        factor = 2**self.num_downsamplings
         smallest = max(4, 2 * factor)
         if height % factor or width % factor or min(height, width) < smallest:
             raise ValueError(
-                f"{name} height and width must be multiples of 2**n_downsample={factor} and at "
-                f"least {smallest}, got {height}x{width} (shape {tuple(image.shape)})"
+                f"{name} height and width must be multiples of 2**num_downsamplings={factor} "
+                f"and at least {smallest}, got {height}x{width} (shape {tuple(image.shape)})"
             )
 
     def _check_pair(self, source: Tensor, target: Tensor) -> None:
@@ -410,7 +428,8 @@ class UNITBackbone(TranslationBackbone):
         smallest = self.discriminator_of["target"].min_size
         if min(height, width) < smallest:
             raise ValueError(
-                f"the discriminators need images of at least 2**n_layer={smallest} pixels per "
+                f"the discriminators need images of at least 2**discriminator_layers={smallest} "
+                f"pixels per "
                 f"side, got {height}x{width}"
             )
 

@@ -182,7 +182,7 @@ class TestMUNITTraining:
         good = images(2, 1)
         with pytest.raises(ValueError, match="source must have 1 channels"):
             model.translate(images(2, 3))
-        with pytest.raises(ValueError, match="multiples of 2\\*\\*num_downsampling = 4"):
+        with pytest.raises(ValueError, match="multiples of 2\\*\\*num_downsamplings = 4"):
             model.translate(images(2, 1, 32, 34))
         with pytest.raises(ValueError, match="at least 16"):
             model.translate(images(2, 1, 8, 8))
@@ -273,7 +273,7 @@ def test_follows_input_dtype() -> None:
         ("image_reconstruction_weight", -1.0, "image_reconstruction_weight must be >= 0"),
         ("adversarial_weight", 0.0, "adversarial_weight must be > 0"),
         ("style_dim", 0, "style_dim must be > 0"),
-        ("num_downsampling", -1, "num_downsampling must be >= 0"),
+        ("num_downsamplings", -1, "num_downsamplings must be >= 0"),
     ],
 )
 def test_bad_constructor_arguments(argument: str, value: object, message: str) -> None:

@@ -22,7 +22,7 @@ MODES = pytest.mark.parametrize("cyclic", [True, False], ids=["C", "NC"])
 def tiny(**overrides: object) -> NICEGANBackbone:
     settings: dict[str, object] = {
         "base_channels": 4,
-        "residual_blocks": 1,
+        "num_residual_blocks": 1,
         "discriminator_layers": 5,
     }
     settings.update(overrides)

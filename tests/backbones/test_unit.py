@@ -9,7 +9,14 @@ from torch import nn
 from regcorrect.backbones.base import GeneratorOutput, TranslationBackbone
 from regcorrect.backbones.unit import SharedLatentGenerator, UNITBackbone, latent_kl_loss
 
-TINY = {"dim": 8, "n_res": 2, "n_shared": 1, "discriminator_dim": 8, "n_layer": 2, "num_scales": 3}
+TINY = {
+    "base_channels": 8,
+    "num_residual_blocks": 2,
+    "num_shared_blocks": 1,
+    "discriminator_channels": 8,
+    "discriminator_layers": 2,
+    "discriminator_scales": 3,
+}
 C_LOSSES = {"adversarial", "reconstruction", "kl", "cycle", "cycle_kl"}
 
 
@@ -74,17 +81,18 @@ class TestTrainingStep:
         assert all(torch.isfinite(loss) for loss in out.losses.values())
 
     def test_zero_cycle_weights_skip_the_cycle_pass(self) -> None:
-        model = UNITBackbone(recon_x_cyc_w=0.0, recon_kl_cyc_w=0.0, **TINY)
+        model = UNITBackbone(cycle_weight=0.0, cycle_kl_weight=0.0, **TINY)
         out = model.generator_forward(images(), images())
         assert set(out.losses) == {"adversarial", "reconstruction", "kl"}
 
     def test_default_discriminator_runs_at_32_pixels(self) -> None:
-        model = UNITBackbone(dim=8, n_res=2)  # default discriminators: n_layer=4, num_scales=3
+        # default discriminators: discriminator_layers=4, discriminator_scales=3
+        model = UNITBackbone(base_channels=8, num_residual_blocks=2)
         source, target = images(), images()
         out = model.generator_forward(source, target)
         d_losses = model.discriminator_losses(source, target, out.fakes)
         assert all(torch.isfinite(v) for v in [*out.losses.values(), *d_losses.values()])
-        # n_layer=4 needs 16 px per scale: 32 and 16 are used, the 8×8 scale is skipped.
+        # discriminator_layers=4 needs 16 px per scale: 32 and 16 are used, 8×8 is skipped.
         predictions = model.discriminators()["discriminator_target"](target)
         assert [tuple(p.shape) for p in predictions] == [(2, 1, 2, 2), (2, 1, 1, 1)]
 
@@ -170,7 +178,7 @@ class TestArchitecture:
         assert c_dis == 2 * nc_dis
 
     def test_discriminator_scales(self) -> None:
-        discriminator = UNITBackbone(**{**TINY, "n_layer": 4}).discriminators()[
+        discriminator = UNITBackbone(**{**TINY, "discriminator_layers": 4}).discriminators()[
             "discriminator_target"
         ]
         assert discriminator.num_active_scales(64, 64) == 3
@@ -189,7 +197,7 @@ class TestLossValues:
         assert latent_kl_loss(latent_mean.to(torch.bfloat16)).dtype == torch.float32
 
     def test_kl_terms_of_the_backbone(self) -> None:
-        model = UNITBackbone(recon_kl_w=0.5, recon_kl_cyc_w=0.25, **TINY).eval()
+        model = UNITBackbone(kl_weight=0.5, cycle_kl_weight=0.25, **TINY).eval()
         source, target = images(), images()
         losses = model.generator_forward(source, target).losses
         generator = model.generator
@@ -203,7 +211,7 @@ class TestLossValues:
         torch.testing.assert_close(losses["cycle_kl"].detach(), cycle_by_hand)
 
     def test_adversarial_term_sums_the_scales(self) -> None:
-        model = UNITBackbone(cyclic=False, gan_w=2.0, **TINY).eval()
+        model = UNITBackbone(cyclic=False, adversarial_weight=2.0, **TINY).eval()
         source = images()
         out = model.generator_forward(source, images())
         with torch.no_grad():
@@ -217,11 +225,11 @@ class TestExceptions:
     @pytest.mark.parametrize(
         ("kwargs", "error", "match"),
         [
-            ({"n_shared": 3, "n_res": 2}, ValueError, "n_shared"),
-            ({"recon_x_w": -1.0}, ValueError, "recon_x_w"),
+            ({"num_shared_blocks": 3, "num_residual_blocks": 2}, ValueError, "num_shared_blocks"),
+            ({"reconstruction_weight": -1.0}, ValueError, "reconstruction_weight"),
             ({"gan_mode": "wgan"}, ValueError, "gan_mode"),
-            ({"dim": 0}, ValueError, "dim"),
-            ({"n_layer": 2.0}, TypeError, "n_layer"),
+            ({"base_channels": 0}, ValueError, "base_channels"),
+            ({"discriminator_layers": 2.0}, TypeError, "discriminator_layers"),
         ],
     )
     def test_constructor(self, kwargs: dict[str, object], error: type, match: str) -> None:
@@ -234,7 +242,7 @@ class TestExceptions:
             (torch.rand(1, 32, 32), ValueError, "source must be a 4-D"),
             (torch.rand(2, 3, 32, 32), ValueError, r"source must have 1 channel"),
             (torch.zeros(2, 1, 32, 32, dtype=torch.int64), TypeError, "source"),
-            (torch.rand(2, 1, 30, 32), ValueError, "multiples of 2\\*\\*n_downsample=4"),
+            (torch.rand(2, 1, 30, 32), ValueError, "multiples of 2\\*\\*num_downsamplings=4"),
             (torch.rand(2, 1, 4, 4), ValueError, "at least 8"),
             ([[0.0]], TypeError, "source"),
         ],
@@ -249,8 +257,8 @@ class TestExceptions:
             model.generator_forward(images(), images(channels=3))
         with pytest.raises(ValueError, match="share batch size and spatial size"):
             model.generator_forward(images(), images(width=48))
-        with pytest.raises(ValueError, match="2\\*\\*n_layer=16"):
-            UNITBackbone(**{**TINY, "n_layer": 4}).generator_forward(
+        with pytest.raises(ValueError, match="2\\*\\*discriminator_layers=16"):
+            UNITBackbone(**{**TINY, "discriminator_layers": 4}).generator_forward(
                 images(height=8, width=8), images(height=8, width=8)
             )
 

@@ -1,0 +1,294 @@
+"""Tests of ``build_model`` / ``TranslationModel``: every method in every mode, with tiny networks
+at 32×32 on CPU, plus the replay buffer, the learning-rate decay and checkpoint round trips."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import pytest
+import torch
+
+from regcorrect import MODES, TranslationModel, build_model
+from regcorrect.backbones import METHODS, CycleGAN
+from regcorrect.modes import ReplayBuffer
+
+TINY: dict[str, dict[str, Any]] = {
+    "cyclegan": {"base_channels": 8, "num_residual_blocks": 1, "discriminator_channels": 8},
+    "munit": {
+        "base_channels": 4,
+        "style_dim": 3,
+        "num_residual_blocks": 1,
+        "mlp_channels": 8,
+        "discriminator_channels": 4,
+        "discriminator_layers": 3,
+        "discriminator_scales": 2,
+    },
+    "unit": {
+        "base_channels": 4,
+        "num_residual_blocks": 1,
+        "discriminator_channels": 4,
+        "discriminator_layers": 3,
+        "discriminator_scales": 2,
+    },
+    "nicegan": {"base_channels": 4, "num_residual_blocks": 1, "discriminator_layers": 5},
+}
+REGISTRATION = {"channels": (8, 16, 16, 16)}
+COMBINATIONS = [(method, mode) for method in TINY for mode in ("c", "c+r", "nc", "nc+r")] + [
+    ("cyclegan", "pix2pix")
+]
+
+
+def tiny_model(method: str, mode: str, **options: Any) -> TranslationModel:
+    if mode.endswith("+r"):
+        options.setdefault("registration", REGISTRATION)
+    return build_model(method, mode, seed=0, **{**TINY[method], **options})
+
+
+def images(batch: int = 2, channels: int = 1, size: int = 32) -> torch.Tensor:
+    return torch.rand(batch, channels, size, size) * 2 - 1
+
+
+def has_inverse_generator(model: TranslationModel) -> bool:
+    """Whether the backbone can translate Y→X (the second generator of mode C)."""
+    backbone = model.backbone
+    if model.method == "unit":
+        return "source" in backbone.generator.decoders
+    name = {
+        "cyclegan": "inverse_generator",
+        "pix2pix": "inverse_generator",
+        "munit": "source_decoder",
+        "nicegan": "generator_target_to_source",
+    }[model.method]
+    return name in model.networks
+
+
+def snapshot(model: TranslationModel) -> dict[str, list[torch.Tensor]]:
+    return {
+        name: [p.detach().clone() for p in net.parameters()] for name, net in model.networks.items()
+    }
+
+
+def test_methods_and_modes_are_the_papers() -> None:
+    assert set(METHODS) == {"cyclegan", "munit", "unit", "nicegan"}
+    assert MODES == ("c", "c+r", "nc", "nc+r", "pix2pix")
+
+
+@pytest.mark.parametrize(
+    ("method", "mode"), COMBINATIONS, ids=[f"{a}-{b}" for a, b in COMBINATIONS]
+)
+def test_one_training_step(method: str, mode: str) -> None:
+    model = tiny_model(method, mode)
+    cyclic, registered = mode in ("c", "c+r"), mode.endswith("+r")
+    assert model.mode == mode
+    assert ("registration" in model.networks) is registered
+    assert ("registration" in model.optimizers) is registered
+    assert has_inverse_generator(model) is cyclic
+    assert len(model.backbone.discriminators()) == (2 if cyclic else 1)
+
+    before = snapshot(model)
+    losses = model.train_step(images(), images())
+    assert losses and all(isinstance(v, float) for v in losses.values())
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values()), losses
+    plus_r = {"correction", "smoothness"}
+    assert plus_r & set(losses) == (plus_r if registered else set())
+    assert ("l1" in losses) is (mode == "pix2pix")
+    assert any(name.startswith("D/") for name in losses)
+    total = sum(v for k, v in losses.items() if not k.startswith(("D/", "G/")))
+    assert losses["G/total"] == pytest.approx(total, rel=1e-5)
+    for name, network in model.networks.items():
+        after = list(network.parameters())
+        assert any(not torch.equal(a, b) for a, b in zip(after, before[name], strict=True)), name
+    assert model.step == 1
+
+    translated = model.translate(images(3))
+    assert translated.shape == (3, 1, 32, 32) and translated.dtype == torch.float32
+    assert translated.abs().max() <= 1.0
+
+
+def test_three_channels() -> None:
+    model = tiny_model("cyclegan", "c+r", in_channels=3, out_channels=3)
+    assert model.registration is not None
+    assert model.registration(torch.zeros(1, 6, 32, 32)).shape == (1, 2, 32, 32)
+    losses = model.train_step(images(channels=3), images(channels=3))
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert model.translate(images(1, channels=3)).shape == (1, 3, 32, 32)
+
+
+def test_nc_plus_r_has_fewer_parameters_than_c() -> None:
+    # The paper's claim: RegGAN (NC+R) trains fewer parameters than the cycle-consistent mode C.
+    # Paper configuration (CycleGAN defaults, 1 channel, default R); no step needs to run.
+    with torch.device("meta"):
+        cyclic = build_model("cyclegan", "c")
+        reggan = build_model("cyclegan", "nc+r")
+    generators = reggan.parameter_count("generator")
+    assert reggan.parameter_count("registration") > 0
+    assert reggan.parameter_count() == (
+        generators
+        + reggan.parameter_count("discriminator")
+        + reggan.parameter_count("registration")
+    )
+    assert 2 * generators == cyclic.parameter_count("generator")
+    assert reggan.parameter_count() < cyclic.parameter_count()
+
+
+def test_amp_step_gives_float_losses() -> None:
+    model = tiny_model("cyclegan", "nc+r", amp=True)
+    losses = model.train_step(images(), images())
+    assert all(type(v) is float and torch.isfinite(torch.tensor(v)) for v in losses.values())
+    assert model.translate(images(1)).dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+class TestReplayBuffer:
+    def test_in_a_model(self) -> None:
+        model = tiny_model("cyclegan", "c", replay_buffer_size=50)
+        for _ in range(2):
+            losses = model.train_step(images(), images())
+        assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+        assert set(model.replay_buffers) == {"target", "source"}
+        assert all(len(buffer.images) == 4 for buffer in model.replay_buffers.values())
+        assert all(buffer.capacity == 50 for buffer in model.replay_buffers.values())
+
+    def test_first_capacity_images_pass_through(self) -> None:
+        buffer = ReplayBuffer(6, seed=0)
+        first, second = torch.randn(4, 1, 2, 2), torch.randn(2, 1, 2, 2)
+        torch.testing.assert_close(buffer.query(first), first, rtol=0, atol=0)
+        torch.testing.assert_close(buffer.query(second), second, rtol=0, atol=0)
+        torch.testing.assert_close(torch.cat(buffer.images), torch.cat([first, second]))
+
+    def test_later_half_are_swapped_for_stored_images(self) -> None:
+        capacity, batches, batch = 10, 200, 8
+        buffer = ReplayBuffer(capacity, seed=3)
+        buffer.query(-torch.arange(1.0, capacity + 1).view(-1, 1, 1, 1))  # stored: -1 ... -10
+        swapped, seen = 0, set(range(-capacity, 0))
+        for index in range(batches):
+            new = torch.arange(index * batch, (index + 1) * batch, dtype=torch.float32)
+            out = buffer.query(new.view(-1, 1, 1, 1)).flatten()
+            assert out.shape == new.shape
+            for position, (returned, given) in enumerate(
+                zip(out.tolist(), new.tolist(), strict=True)
+            ):
+                if returned != given:
+                    swapped += 1
+                    # a swapped-in image was queried before: in an earlier batch or earlier in
+                    # this one (it was stored when it arrived), never one still to come
+                    assert int(returned) in seen | {int(v) for v in new[:position]}
+            seen |= {int(v) for v in new}
+            assert len(buffer.images) == capacity
+        fraction = swapped / (batches * batch)
+        assert 0.45 < fraction < 0.55
+
+    def test_state_dict_round_trip(self) -> None:
+        buffer = ReplayBuffer(4, seed=1)
+        buffer.query(torch.randn(6, 1, 2, 2))
+        state = buffer.state_dict()
+        queries = [torch.randn(3, 1, 2, 2) for _ in range(5)]
+        expected = [buffer.query(q) for q in queries]
+        restored = ReplayBuffer(4, seed=99)
+        restored.load_state_dict(state)
+        for query, out in zip(queries, expected, strict=True):
+            torch.testing.assert_close(restored.query(query), out, rtol=0, atol=0)
+
+    def test_disabled_and_invalid(self) -> None:
+        images_ = torch.randn(3, 1, 2, 2)
+        assert ReplayBuffer(0).query(images_) is images_
+        with pytest.raises(ValueError, match="capacity"):
+            ReplayBuffer(-1)
+
+
+class TestLearningRateDecay:
+    def test_constant_then_linear_to_zero(self) -> None:
+        model = tiny_model("cyclegan", "nc+r", learning_rate=2e-4, total_steps=4, decay_start=2)
+        source, target = images(1), images(1)
+
+        def rates() -> set[float]:
+            return {g["lr"] for o in model.optimizers.values() for g in o.param_groups}
+
+        (initial,) = rates()
+        assert initial == pytest.approx(2e-4)
+        seen = []
+        for _ in range(4):
+            model.train_step(source, target)
+            (rate,) = rates()
+            seen.append(rate)
+        # the rate used by step k is 2e-4 * factor(k): 1, 1, 0.5, 0 — set after step k - 1
+        assert seen == pytest.approx([2e-4, 2e-4, 1e-4, 0.0])
+
+    def test_default_start_and_constant(self) -> None:
+        model = tiny_model("cyclegan", "nc", total_steps=4)  # decay_start = 2
+        for _ in range(3):
+            model.train_step(images(1), images(1))
+        assert model.optimizers["generator"].param_groups[0]["lr"] == pytest.approx(0.5e-4)
+        constant = tiny_model("cyclegan", "nc")
+        constant.train_step(images(1), images(1))
+        assert constant.optimizers["discriminator"].param_groups[0]["lr"] == pytest.approx(1e-4)
+
+    def test_bad_decay_start(self) -> None:
+        with pytest.raises(ValueError, match="decay_start"):
+            tiny_model("cyclegan", "nc", total_steps=4, decay_start=4)
+
+
+@pytest.mark.parametrize(("method", "mode"), [("cyclegan", "c+r"), ("munit", "nc+r")])
+def test_checkpoint_round_trip_is_bit_identical(method: str, mode: str) -> None:
+    # a buffer that is full after the first step, so that its random swaps matter
+    options = {"replay_buffer_size": 3, "total_steps": 6, "decay_start": 1}
+    trained = tiny_model(method, mode, **options)
+    for step in range(2):
+        torch.manual_seed(step)
+        trained.train_step(images(), images())
+    file = io.BytesIO()
+    torch.save({"weights": trained.state_dict(), "state": trained.training_state()}, file)
+    file.seek(0)
+    checkpoint = torch.load(file, weights_only=True)
+
+    resumed = tiny_model(method, mode, **options)
+    assert not all(
+        torch.equal(a, b) for a, b in zip(resumed.parameters(), trained.parameters(), strict=True)
+    )
+    resumed.load_state_dict(checkpoint["weights"])
+    resumed.load_training_state(checkpoint["state"])
+    assert resumed.step == 2
+    for step in (2, 3):
+        batch = images(), images()
+        torch.manual_seed(step)
+        expected = trained.train_step(*batch)
+        torch.manual_seed(step)
+        assert resumed.train_step(*batch) == expected
+    for a, b in zip(resumed.parameters(), trained.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for name, optimizer in trained.optimizers.items():
+        assert resumed.optimizers[name].param_groups[0]["lr"] == optimizer.param_groups[0]["lr"]
+
+
+class TestErrors:
+    def test_unknown_method_and_mode(self) -> None:
+        with pytest.raises(ValueError, match="method must be one of"):
+            build_model("pix2pixhd", "nc")
+        with pytest.raises(ValueError, match="mode must be one of"):
+            build_model("cyclegan", "r")
+
+    def test_pix2pix_needs_cyclegan(self) -> None:
+        with pytest.raises(ValueError, match="pix2pix"):
+            build_model("munit", "pix2pix", **TINY["munit"])
+
+    @pytest.mark.parametrize("mode", ["c", "nc", "pix2pix"])
+    def test_registration_options_need_an_r_mode(self, mode: str) -> None:
+        with pytest.raises(ValueError, match="registration"):
+            build_model("cyclegan", mode, registration=REGISTRATION, **TINY["cyclegan"])
+
+    def test_registration_network_must_match_the_mode(self) -> None:
+        backbone = CycleGAN(cyclic=False, **TINY["cyclegan"])
+        with pytest.raises(ValueError, match="needs registration"):
+            TranslationModel(backbone, mode="nc+r")
+
+    @pytest.mark.parametrize("target", [images(size=64), images(batch=3)], ids=["spatial", "batch"])
+    def test_source_target_mismatch(self, target: torch.Tensor) -> None:
+        model = tiny_model("cyclegan", "nc+r")
+        with pytest.raises(ValueError, match="share batch and spatial sizes"):
+            model.train_step(images(), target)
+        assert model.step == 0
+
+    def test_unknown_backbone_option(self) -> None:
+        with pytest.raises(TypeError, match="residual_blocks"):
+            build_model("nicegan", "nc", residual_blocks=1)
