@@ -152,7 +152,9 @@ def report(args) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(args.results).read_text().splitlines()]
+    results = Path(args.results)
+    files = sorted(results.parent.glob(results.stem.split("_seed")[0] + "*.jsonl"))
+    rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     if not rows:
         raise SystemExit("no results")
     settings = rows[-1]["settings"]
@@ -251,7 +253,12 @@ def main() -> None:
     parser.add_argument("--last-evals", dest="last_evals", type=int, default=3)
     parser.add_argument("--amp", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--results", default=str(ROOT / "docs" / "results" / "noise_sweep.jsonl"))
+    parser.add_argument(
+        "--results",
+        default=str(ROOT / "docs" / "results" / "noise_sweep.jsonl"),
+        help="JSON-lines file to append to; --report reads every <stem>*.jsonl beside it "
+        "(e.g. noise_sweep_seed0.jsonl, noise_sweep_seed1.jsonl from parallel runs)",
+    )
     parser.add_argument("--report", action="store_true", help="write the markdown table and plot")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run into a temp file")
     args = parser.parse_args()
