@@ -19,14 +19,13 @@ import argparse
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from noise_sweep import baselines, evaluate, load_data  # noqa: E402
+from noise_sweep import baselines, fit, load_data  # noqa: E402
 
 from regcorrect import build_model  # noqa: E402
 from regcorrect.data import Misalignment  # noqa: E402
@@ -85,24 +84,25 @@ def train_one(args, method: str, mode: str, seed: int, train, test, options: dic
         **options,
     )
     noise = Misalignment.custom(rotation_deg=5.0, translation_frac=0.05, scale_frac=0.05)
-    generator = torch.Generator().manual_seed(10_000 + seed)
-    history = []
-    start = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        index = torch.randint(len(train.source), (args.batch,), generator=generator)
-        source, _ = noise(train.source[index], generator=generator)
-        target, _ = noise(train.target[index], generator=generator)
-        model.train_step(source, target)
-        if step % args.eval_every == 0 or step == args.steps:
-            history.append({"step": step, **evaluate(model, test)})
-    last = history[-args.last_evals :]
+    history, final, seconds = fit(
+        model,
+        noise,
+        train,
+        test,
+        steps=args.steps,
+        batch=args.batch,
+        seed=seed,
+        eval_every=args.eval_every,
+        last_evals=args.last_evals,
+        label=f"{method:8s} {mode:5s} seed {seed}",
+    )
     row = {
         "method": method,
         "mode": mode,
         "seed": seed,
-        "seconds": round(time.perf_counter() - start, 1),
+        "seconds": seconds,
         "parameters": model.parameter_count(),
-        "final": {k: float(np.mean([h[k] for h in last])) for k in ("nmae", "psnr", "ssim")},
+        "final": final,
         "history": history,
         "settings": settings_of(args),
     }
@@ -111,8 +111,18 @@ def train_one(args, method: str, mode: str, seed: int, train, test, options: dic
 
 
 def settings_of(args) -> dict:
-    keys = ("steps", "batch", "lr", "spacing", "size", "reg_channels", "eval_every", "last_evals",
-            "amp", "quick")
+    keys = (
+        "steps",
+        "batch",
+        "lr",
+        "spacing",
+        "size",
+        "reg_channels",
+        "eval_every",
+        "last_evals",
+        "amp",
+        "quick",
+    )
     return {k: getattr(args, k) for k in keys}
 
 
@@ -175,11 +185,22 @@ def report(args) -> None:
                         text = f"({value - base:+.{digits}f}) {text}"
                 cells.append(text)
             lines.append(f"| {label} | {mode.upper()} | " + " | ".join(cells) + " |")
-    lines += ["", "Trivial baselines:", "", "| Baseline | NMAE | PSNR | SSIM |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Trivial baselines:",
+        "",
+        "| Baseline | NMAE | PSNR | SSIM |",
+        "|---|---|---|---|",
+    ]
     for name, m in baselines(train, test).items():
         lines.append(f"| {name} | {m['nmae']:.4f} | {m['psnr']:.2f} | {m['ssim']:.3f} |")
-    lines += ["", "Trainable parameters at these reduced widths:", "",
-              "| Method | " + " | ".join(m.upper() for m in MODES) + " |", "|---|" + "---|" * len(MODES)]
+    lines += [
+        "",
+        "Trainable parameters at these reduced widths:",
+        "",
+        "| Method | " + " | ".join(m.upper() for m in MODES) + " |",
+        "|---|" + "---|" * len(MODES),
+    ]
     for method in methods:
         counts = []
         for mode in MODES:
@@ -207,7 +228,9 @@ def report(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -215,8 +238,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--spacing", type=float, default=2.0)
     parser.add_argument("--size", type=int, nargs=2, default=[112, 96])
-    parser.add_argument("--reg-channels", dest="reg_channels", type=int, nargs="+",
-                        default=[16, 32, 32, 32, 32, 32])
+    parser.add_argument(
+        "--reg-channels", dest="reg_channels", type=int, nargs="+", default=[16, 32, 32, 32, 32, 32]
+    )
     parser.add_argument("--eval-every", dest="eval_every", type=int, default=250)
     parser.add_argument("--last-evals", dest="last_evals", type=int, default=2)
     parser.add_argument("--amp", action="store_true")

@@ -31,7 +31,12 @@ from regcorrect.data import Misalignment, icbm152
 from regcorrect.metrics import nmae, psnr, ssim
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = {"pix2pix": "Pix2Pix", "c": "CycleGAN (C)", "nc": "NC (adversarial only)", "nc+r": "RegGAN (NC+R)"}
+MODES = {
+    "pix2pix": "Pix2Pix",
+    "c": "CycleGAN (C)",
+    "nc": "NC (adversarial only)",
+    "nc+r": "RegGAN (NC+R)",
+}
 
 
 def load_data(spacing: float, size: tuple[int, int]):
@@ -87,37 +92,74 @@ def train_one(args, mode: str, level: int, seed: int, train, test) -> dict:
         smoothness_weight=args.smoothness_weight,
         correction_weight=args.correction_weight,
     )
-    noise = Misalignment(level)
-    generator = torch.Generator().manual_seed(10_000 + seed)
-    history = []
-    start = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        index = torch.randint(len(train.source), (args.batch,), generator=generator)
-        source, _ = noise(train.source[index], generator=generator)
-        target, _ = noise(train.target[index], generator=generator)
-        losses = model.train_step(source, target)
-        if step % args.eval_every == 0 or step == args.steps:
-            metrics = evaluate(model, test)
-            history.append({"step": step, **metrics, **{k: round(v, 5) for k, v in losses.items()}})
-            print(f"  {mode:8s} level {level} seed {seed} step {step:5d}: "
-                  f"NMAE {metrics['nmae']:.4f} PSNR {metrics['psnr']:.2f} SSIM {metrics['ssim']:.3f}",
-                  flush=True)
-    last = history[-args.last_evals :]
+    history, final, seconds = fit(
+        model,
+        Misalignment(level),
+        train,
+        test,
+        steps=args.steps,
+        batch=args.batch,
+        seed=seed,
+        eval_every=args.eval_every,
+        last_evals=args.last_evals,
+        label=f"{mode:8s} level {level} seed {seed}",
+    )
     return {
         "mode": mode,
         "level": level,
         "seed": seed,
         "steps": args.steps,
-        "seconds": round(time.perf_counter() - start, 1),
-        "final": {k: float(np.mean([h[k] for h in last])) for k in ("nmae", "psnr", "ssim")},
+        "seconds": seconds,
+        "final": final,
         "history": history,
         "settings": settings_of(args),
     }
 
 
+def fit(model, noise, train, test, *, steps, batch, seed, eval_every, last_evals, label):
+    """Train ``model`` on independently misaligned pairs; evaluate every ``eval_every`` steps.
+
+    Returns:
+        (history of evaluations with the losses of that step, mean metrics of the last
+        ``last_evals`` evaluations, training seconds).
+    """
+    generator = torch.Generator().manual_seed(10_000 + seed)
+    history = []
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+        index = torch.randint(len(train.source), (batch,), generator=generator)
+        source, _ = noise(train.source[index], generator=generator)
+        target, _ = noise(train.target[index], generator=generator)
+        losses = model.train_step(source, target)
+        if step % eval_every == 0 or step == steps:
+            metrics = evaluate(model, test)
+            history.append({"step": step, **metrics, **{k: round(v, 5) for k, v in losses.items()}})
+            print(
+                f"  {label} step {step:5d}: NMAE {metrics['nmae']:.4f} "
+                f"PSNR {metrics['psnr']:.2f} SSIM {metrics['ssim']:.3f}",
+                flush=True,
+            )
+    last = history[-last_evals:]
+    final = {k: float(np.mean([h[k] for h in last])) for k in ("nmae", "psnr", "ssim")}
+    return history, final, round(time.perf_counter() - start, 1)
+
+
 def settings_of(args) -> dict:
-    keys = ("steps", "batch", "lr", "spacing", "size", "base_channels", "residual_blocks",
-            "reg_channels", "eval_every", "last_evals", "amp", "smoothness_weight", "correction_weight")
+    keys = (
+        "steps",
+        "batch",
+        "lr",
+        "spacing",
+        "size",
+        "base_channels",
+        "residual_blocks",
+        "reg_channels",
+        "eval_every",
+        "last_evals",
+        "amp",
+        "smoothness_weight",
+        "correction_weight",
+    )
     return {k: getattr(args, k) for k in keys}
 
 
@@ -132,8 +174,11 @@ def run(args) -> None:
             if row.get("settings") == settings_of(args):
                 done.add((row["mode"], row["level"], row["seed"]))
     torch.set_num_threads(args.threads)
-    print(f"train {tuple(train.source.shape)}, test {tuple(test.source.shape)}; "
-          f"{len(done)} runs already done", flush=True)
+    print(
+        f"train {tuple(train.source.shape)}, test {tuple(test.source.shape)}; "
+        f"{len(done)} runs already done",
+        flush=True,
+    )
     for seed in args.seeds:
         for level in args.levels:
             for mode in args.modes:
@@ -142,8 +187,10 @@ def run(args) -> None:
                 row = train_one(args, mode, level, seed, train, test)
                 with results_path.open("a") as handle:
                     handle.write(json.dumps(row) + "\n")
-                print(f"{mode} level {level} seed {seed}: {row['final']} in {row['seconds']} s",
-                      flush=True)
+                print(
+                    f"{mode} level {level} seed {seed}: {row['final']} in {row['seconds']} s",
+                    flush=True,
+                )
 
 
 def report(args) -> None:
@@ -189,8 +236,13 @@ def report(args) -> None:
             cells = [cell(mode, lv, key) for lv in levels]
             means[(mode, key)] = [c[1] for c in cells]
             lines.append(f"| {MODES[mode]} | {label} | " + " | ".join(c[0] for c in cells) + " |")
-    lines += ["", "Trivial baselines (no training, independent of noise level):", "",
-              "| Baseline | NMAE | PSNR | SSIM |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "Trivial baselines (no training, independent of noise level):",
+        "",
+        "| Baseline | NMAE | PSNR | SSIM |",
+        "|---|---|---|---|",
+    ]
     for name, m in trivial.items():
         lines.append(f"| {name} | {m['nmae']:.4f} | {m['psnr']:.2f} | {m['ssim']:.3f} |")
     seeds = sorted({r["seed"] for r in rows})
@@ -219,7 +271,9 @@ def report(args) -> None:
     (out / "noise_sweep.md").write_text("\n".join(lines) + "\n")
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (key, label) in zip(axes, (("nmae", "NMAE ↓"), ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"))):
+    for ax, (key, label) in zip(
+        axes, (("nmae", "NMAE ↓"), ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑")), strict=True
+    ):
         for mode in modes:
             ys = means[(mode, key)]
             ax.plot(levels, [np.nan if y is None else y for y in ys], marker="o", label=MODES[mode])
@@ -234,7 +288,9 @@ def report(args) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-4)
@@ -245,8 +301,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, nargs=2, default=[112, 96])
     parser.add_argument("--base-channels", dest="base_channels", type=int, default=32)
     parser.add_argument("--residual-blocks", dest="residual_blocks", type=int, default=6)
-    parser.add_argument("--reg-channels", dest="reg_channels", type=int, nargs="+",
-                        default=[16, 32, 32, 32, 32, 32])
+    parser.add_argument(
+        "--reg-channels", dest="reg_channels", type=int, nargs="+", default=[16, 32, 32, 32, 32, 32]
+    )
     parser.add_argument("--correction-weight", dest="correction_weight", type=float, default=20.0)
     parser.add_argument("--smoothness-weight", dest="smoothness_weight", type=float, default=10.0)
     parser.add_argument("--eval-every", dest="eval_every", type=int, default=250)
