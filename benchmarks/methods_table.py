@@ -80,7 +80,9 @@ def train_one(args, method: str, mode: str, seed: int, train, test, options: dic
         seed=seed,
         learning_rate=args.lr,
         total_steps=args.steps,
-        registration={"channels": tuple(args.reg_channels)} if mode.endswith("+r") else None,
+        registration={"channels": tuple(args.reg_channels), "affine": True}
+        if mode.endswith("+r")
+        else None,
         **options,
     )
     noise = Misalignment.custom(rotation_deg=5.0, translation_frac=0.05, scale_frac=0.05)

@@ -88,7 +88,9 @@ def train_one(args, mode: str, level: int, seed: int, train, test) -> dict:
         base_channels=args.base_channels,
         num_residual_blocks=args.residual_blocks,
         discriminator_channels=args.base_channels,
-        registration={"channels": tuple(args.reg_channels)} if mode.endswith("+r") else None,
+        registration={"channels": tuple(args.reg_channels), "affine": True}
+        if mode.endswith("+r")
+        else None,
         smoothness_weight=args.smoothness_weight,
         correction_weight=args.correction_weight,
     )

@@ -377,8 +377,10 @@ def build_model(
         learning_rate, betas: Adam settings (paper: 1e-4, (0.5, 0.999)).
         correction_weight, smoothness_weight: +R loss weights (paper: 20, 10).
         registration: keyword arguments of :class:`~regcorrect.registration.RegUNet`; default
-            ``{"affine": True}`` — the paper-sized R plus a global affine head, which absorbs
-            large (mostly affine) misalignments. Pass ``{"affine": False}`` for the paper's R.
+            ``{}``: the paper's R (adaptive depth, whole-image receptive field). ``{"affine":
+            True}`` adds a global affine head that absorbs large (mostly affine) misalignments
+            at once; in short runs on well-aligned data it can drift into a constant sub-pixel
+            shift that the generator then exploits (see ``docs/training.md``), so it is opt-in.
         replay_buffer_size: discriminator history size (CycleGAN: 50; 0 = off).
         total_steps, decay_start: linear learning-rate decay to 0 from ``decay_start`` (default
             ``total_steps // 2``) to ``total_steps``; ``None`` = constant.
@@ -415,12 +417,11 @@ def build_model(
         backbone = METHODS[method](cyclic=cyclic, **common, **backbone_options)
     reg_net = None
     if mode.endswith("+r"):
-        options = {"affine": True}
-        options.update(registration or {})
+        options = dict(registration or {})
         if image_size is not None:
             options.setdefault("image_size", tuple(image_size))
         reg_net = RegUNet(spatial_dims=2, in_channels=2 * out_channels, **options)
-    elif registration:
+    elif registration is not None and len(registration) > 0:
         raise ValueError(f"registration options were given, but mode {mode!r} has no R")
     model = TranslationModel(
         backbone,

@@ -1,0 +1,404 @@
+"""``TrainingConfig``: every setting of a training run, and its YAML form.
+
+A config is a flat dataclass; :func:`load_config` reads it from YAML with ``yaml.safe_load``.
+Unknown keys are an error that lists the valid ones. The keys of the official Reg-GAN YAML files
+(``Adv_lamda``, ``Cyc_lamda``, ``Corr_lamda``, ``Smooth_lamda``, ``bidirect``, ``regist``,
+``noise_level``, ``lr``, ``batchSize``, ``size``, ...) are accepted and mapped onto ours
+(:data:`OFFICIAL_KEYS`, ``docs/training.md``), so an official config trains as it is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..backbones import METHODS
+from ..data import NOISE_LEVELS
+from ..modes import MODES
+
+__all__ = ["TrainingConfig", "ConfigError", "load_config", "OFFICIAL_KEYS", "DEVICES"]
+
+#: Accepted values of ``device``.
+DEVICES = ("auto", "cpu", "cuda")
+
+#: Official Reg-GAN YAML key -> our key. ``bidirect`` and ``regist`` together choose ``mode``;
+#: ``cuda`` chooses ``device``; the keys mapped to ``None`` are accepted and ignored.
+OFFICIAL_KEYS: dict[str, str | None] = {
+    "Adv_lamda": "adversarial_weight",
+    "Cyc_lamda": "cycle_weight",
+    "Corr_lamda": "correction_weight",
+    "Smooth_lamda": "smoothness_weight",
+    "bidirect": "mode",
+    "regist": "mode",
+    "noise_level": "noise_level",
+    "lr": "lr",
+    "batchSize": "batch_size",
+    "size": "size",
+    "n_epochs": "epochs",
+    "decay_epoch": "decay_start_epoch",
+    "dataroot": "data",
+    "val_dataroot": "test_data",
+    "save_root": "out_dir",
+    "cuda": "device",
+    "input_nc": None,
+    "output_nc": None,
+    "epoch": None,
+    "name": None,
+    "port": None,
+    "image_save": None,
+    "n_cpu": None,
+}
+
+
+class ConfigError(ValueError):
+    """A config value or key is invalid; the message names it and what is allowed."""
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class TrainingConfig:
+    """Settings of one training run (see ``docs/training.md`` for every key).
+
+    Model:
+        method: ``"cyclegan"``, ``"munit"``, ``"unit"`` or ``"nicegan"``.
+        mode: ``"c"``, ``"c+r"``, ``"nc"``, ``"nc+r"`` (RegGAN) or ``"pix2pix"``.
+        backbone: extra keyword arguments of the backbone (widths, depths, its own weights).
+        registration: keyword arguments of :class:`~regcorrect.registration.RegUNet` (+R modes;
+            ignored otherwise).
+        gan_mode: ``"lsgan"`` (paper), ``"vanilla"`` or ``"hinge"``.
+        adversarial_weight, cycle_weight: the method's adversarial and cycle weights
+            (``None``: the method's default).
+        correction_weight, smoothness_weight: the +R loss weights (paper: 20, 10).
+        replay_buffer_size: discriminator history (official code: 50; 0 = off).
+
+    Data:
+        data: ``"icbm152"`` (bundled), a folder in the official ``A/`` + ``B/`` ``.npy`` layout,
+            or a list ``[source.nii.gz, target.nii.gz]`` of two co-registered volumes.
+        test_data: held-out data of the same kinds; default: the ``"test"`` slab of icbm152,
+            else the last ``test_fraction`` of the slices.
+        test_fraction: share of the slices held out when ``test_data`` is not given.
+        axis: slicing axis of NIfTI volumes (0 sagittal, 1 coronal, 2 axial).
+        spacing: pixel size in mm to resample to (``None``: keep the data's).
+        size: ``H`` (square) or ``[H, W]`` to centre-pad or crop to, after resampling.
+        noise_level: misalignment level 0-5 of the paper's Table 2.
+        paired: ``False`` for the unpaired setting (targets from other slices).
+
+    Optimisation:
+        steps: training steps (one batch each); ``epochs`` overrides it when given.
+        epochs: passes over the training slices (``floor(N / batch_size)`` steps each).
+        batch_size: slices per step, over all processes together.
+        lr, betas: Adam settings.
+        decay_start, decay_start_epoch: step (or epoch) from which the learning rate decays
+            linearly to 0 at the last step; ``None`` keeps it constant.
+        seed: seeds initialisation, sampling and noise.
+
+    Run:
+        eval_every, eval_batch_size: evaluate on the held-out data every so many steps.
+        checkpoint_every: write ``out_dir/checkpoint.pt`` every so many steps (and at the end).
+        log_every: average the losses over so many steps per log row.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+        amp: bfloat16 autocast for the networks.
+        out_dir: folder for logs and checkpoints; ``None`` writes nothing.
+        tensorboard: also log to TensorBoard when the ``tensorboard`` package is installed.
+    """
+
+    method: str = "cyclegan"
+    mode: str = "nc+r"
+    backbone: dict[str, Any] = field(default_factory=dict)
+    registration: dict[str, Any] = field(default_factory=dict)
+    gan_mode: str = "lsgan"
+    adversarial_weight: float | None = None
+    cycle_weight: float | None = None
+    correction_weight: float = 20.0
+    smoothness_weight: float = 10.0
+    replay_buffer_size: int = 50
+    data: str | list[str] = "icbm152"
+    test_data: str | list[str] | None = None
+    test_fraction: float = 0.2
+    axis: int = 2
+    spacing: float | None = None
+    size: int | list[int] | None = None
+    noise_level: int = 1
+    paired: bool = True
+    steps: int = 20000
+    epochs: int | None = None
+    batch_size: int = 1
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.5, 0.999])
+    decay_start: int | None = None
+    decay_start_epoch: int | None = None
+    seed: int = 0
+    eval_every: int = 500
+    eval_batch_size: int = 8
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    device: str = "auto"
+    amp: bool = False
+    out_dir: str | None = "runs/regcorrect"
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        self._normalise()
+        self._validate()
+
+    # ------------------------------------------------------------------ validation
+    def _normalise(self) -> None:
+        for name in ("method", "mode", "gan_mode", "device"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, value.lower())
+        for name in ("out_dir", "data", "test_data"):
+            value = getattr(self, name)
+            if isinstance(value, Path):
+                setattr(self, name, str(value))
+            elif isinstance(value, (list, tuple)):
+                setattr(self, name, [str(v) if isinstance(v, Path) else v for v in value])
+        for name in ("size", "betas"):
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                setattr(self, name, list(value))
+        for name in ("backbone", "registration"):
+            value = getattr(self, name)
+            if value is None:
+                setattr(self, name, {})
+            elif isinstance(value, dict) and "channels" in value:
+                value["channels"] = _as_list(value["channels"])
+        if _is_number(self.spacing):
+            self.spacing = float(self.spacing)
+
+    def _validate(self) -> None:
+        _choice(self.method, "method", tuple(METHODS))
+        _choice(self.mode, "mode", MODES)
+        _choice(self.gan_mode, "gan_mode", ("lsgan", "vanilla", "hinge"))
+        _choice(self.device, "device", DEVICES)
+        _choice(self.noise_level, "noise_level", tuple(NOISE_LEVELS))
+        for name in ("backbone", "registration"):
+            value = getattr(self, name)
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                raise ConfigError(
+                    f"{name} must be a mapping of option names to values, got {value!r}"
+                )
+        for name in (
+            "correction_weight",
+            "smoothness_weight",
+            "adversarial_weight",
+            "cycle_weight",
+        ):
+            value = getattr(self, name)
+            if value is None and name in ("adversarial_weight", "cycle_weight"):
+                continue
+            if not _is_number(value) or value < 0:
+                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+        positive = ("steps", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every")
+        for name in (*positive, "log_every"):
+            _integer(getattr(self, name), name, minimum=1)
+        for name in ("replay_buffer_size", "seed"):
+            _integer(getattr(self, name), name, minimum=0)
+        for name, minimum in (("epochs", 1), ("decay_start", 0), ("decay_start_epoch", 0)):
+            if getattr(self, name) is not None:
+                _integer(getattr(self, name), name, minimum=minimum)
+        if self.decay_start is not None and self.decay_start_epoch is not None:
+            raise ConfigError("give decay_start (steps) or decay_start_epoch, not both")
+        _choice(self.axis, "axis", (0, 1, 2))
+        for name in ("paired", "amp", "tensorboard"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if not _is_number(self.lr) or not self.lr > 0:
+            raise ConfigError(f"lr must be a number > 0, got {self.lr!r}")
+        if (
+            not isinstance(self.betas, list)
+            or len(self.betas) != 2
+            or not all(_is_number(b) and 0 <= b < 1 for b in self.betas)
+        ):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not _is_number(self.test_fraction) or not 0 < self.test_fraction < 1:
+            raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
+        if self.spacing is not None and (not _is_number(self.spacing) or not self.spacing > 0):
+            raise ConfigError(f"spacing must be a number > 0 (mm) or null, got {self.spacing!r}")
+        _check_size(self.size)
+        _check_source(self.data, "data", optional=False)
+        _check_source(self.test_data, "test_data", optional=True)
+        if self.out_dir is not None and not isinstance(self.out_dir, str):
+            raise ConfigError(f"out_dir must be a folder path or null, got {self.out_dir!r}")
+
+    # ------------------------------------------------------------------ conversions
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """``size`` as ``(H, W)``, or ``None``."""
+        if self.size is None:
+            return None
+        if _is_int(self.size):
+            return (self.size, self.size)
+        return (int(self.size[0]), int(self.size[1]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values (lists, dicts, str, numbers), for YAML, JSON and checkpoints."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
+        """Build from a mapping of our keys and/or official Reg-GAN keys (see module doc)."""
+        return cls(**_map_keys(values))
+
+    def replace(self, **changes: Any) -> TrainingConfig:
+        """A validated copy with some of our keys changed."""
+        return TrainingConfig.from_dict({**self.to_dict(), **changes})
+
+    def to_yaml(self, path: str | Path) -> Path:
+        """Write the config as YAML (all keys, our names)."""
+        path = Path(path)
+        path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False), encoding="utf-8")
+        return path
+
+
+def valid_keys() -> list[str]:
+    """Our config keys, in declaration order."""
+    return [f.name for f in dataclasses.fields(TrainingConfig)]
+
+
+def load_config(path: str | Path) -> TrainingConfig:
+    """Read a YAML config file (``yaml.safe_load``); an empty file gives the defaults.
+
+    Raises:
+        ConfigError: missing or unreadable file, not a mapping, unknown keys (the message lists
+            the valid ones), a key given twice under two names, or an invalid value.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist or is not a file")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        reason = str(error).replace("\n", " ")
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {reason}") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(
+            f"config file {str(path)!r} must hold a mapping of keys to values, "
+            f"got {type(values).__name__}"
+        )
+    try:
+        return TrainingConfig.from_dict(values)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from None
+
+
+# ---------------------------------------------------------------------- helpers
+def _map_keys(values: dict[str, Any]) -> dict[str, Any]:
+    """Check the keys, translate official ones, return keyword arguments of the dataclass."""
+    ours = set(valid_keys())
+    bad = [
+        str(k)
+        for k in values
+        if not isinstance(k, str) or (k not in ours and k not in OFFICIAL_KEYS)
+    ]
+    if bad:
+        hints = []
+        for key in bad:
+            close = difflib.get_close_matches(key, [*ours, *OFFICIAL_KEYS], n=1)
+            hints.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ConfigError(
+            f"unknown config key(s) {', '.join(hints)}; valid keys: {', '.join(valid_keys())}; "
+            f"official Reg-GAN keys: {', '.join(OFFICIAL_KEYS)}"
+        )
+    result: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+
+    def put(key: str, value: Any, source: str) -> None:
+        if key in result:
+            raise ConfigError(f"{source!r} and {origin[key]!r} both set {key!r}; give only one")
+        result[key] = value
+        origin[key] = source
+
+    for key, value in values.items():
+        if key in ours:
+            put(key, value, key)
+    official = {k: v for k, v in values.items() if k in OFFICIAL_KEYS and k not in ours}
+    for key, value in official.items():
+        target = OFFICIAL_KEYS[key]
+        if target in (None, "mode"):
+            continue
+        if key == "cuda":
+            if not isinstance(value, bool):
+                raise ConfigError(f"cuda must be true or false, got {value!r}")
+            value = "cuda" if value else "cpu"
+        put(target, value, key)
+    for key in ("input_nc", "output_nc"):
+        if key in official and official[key] != 1:
+            raise ConfigError(f"{key} must be 1 (single-channel slices), got {official[key]!r}")
+    if official.get("epoch", 0) not in (0, None):
+        raise ConfigError(
+            f"epoch (the official starting epoch) must be 0, got {official['epoch']!r}; "
+            "continue a run with `regcorrect train CONFIG --resume` instead"
+        )
+    if "bidirect" in official or "regist" in official:
+        for key in ("bidirect", "regist"):
+            if key in official and not isinstance(official[key], bool):
+                raise ConfigError(f"{key} must be true or false, got {official[key]!r}")
+        base = str(result.get("mode", TrainingConfig.mode)).lower()
+        if "mode" in result:
+            raise ConfigError(
+                "'mode' and the official 'bidirect'/'regist' both set the mode; give only one"
+            )
+        cyclic = official.get("bidirect", base in ("c", "c+r"))
+        registered = official.get("regist", base.endswith("+r"))
+        result["mode"] = ("c" if cyclic else "nc") + ("+r" if registered else "")
+    return result
+
+
+def _choice(value: object, name: str, choices: tuple[object, ...]) -> None:
+    if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+        raise ConfigError(f"{name} must be one of {list(choices)!r}, got {value!r}")
+
+
+def _integer(value: object, name: str, *, minimum: int) -> None:
+    if not _is_int(value) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_size(size: object) -> None:
+    ok = size is None or (_is_int(size) and size > 0)
+    if isinstance(size, list):
+        ok = len(size) == 2 and all(_is_int(s) and s > 0 for s in size)
+    if not ok:
+        raise ConfigError(
+            f"size must be a positive integer, a pair [H, W] of them, or null, got {size!r}"
+        )
+
+
+def _check_source(value: object, name: str, *, optional: bool) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, str) and value:
+        return
+    if isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) and v for v in value):
+        return
+    raise ConfigError(
+        f"{name} must be 'icbm152', a folder with A/ and B/ .npy slices, or a list of two NIfTI "
+        f"files [source, target]{' or null' if optional else ''}, got {value!r}"
+    )
+
+
+def _as_list(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value

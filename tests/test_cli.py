@@ -1,0 +1,287 @@
+"""The ``regcorrect`` command line: help, demo, train/resume, evaluate, translate, user errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from regcorrect.cli import main
+from regcorrect.training import load_checkpoint
+
+from .training.helpers import tiny_settings
+
+COMMANDS = ("demo", "train", "evaluate", "translate")
+
+
+def write_config(path, **changes):
+    path.write_text(yaml.safe_dump(tiny_settings(path.parent / "run", **{"steps": 2, **changes})))
+    return path
+
+
+def assert_user_error(capsys, code: int, match: str) -> None:
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("regcorrect: error: ") and "Traceback" not in err
+    assert re.search(match, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny run trained with ``regcorrect train`` (2 steps), shared by the tests below."""
+    folder = tmp_path_factory.mktemp("trained")
+    config = write_config(folder / "config.yaml")
+    assert main(["train", str(config), "--quiet", "--threads", "1"]) == 0
+    return folder
+
+
+class TestHelp:
+    def test_main_help(self, capsys) -> None:
+        assert main(["--help"]) == 0
+        out = capsys.readouterr().out
+        assert all(command in out for command in COMMANDS)
+
+    @pytest.mark.parametrize("command", COMMANDS)
+    def test_command_help(self, capsys, command: str) -> None:
+        assert main([command, "--help"]) == 0
+        assert capsys.readouterr().out.startswith(f"usage: regcorrect {command}")
+
+    def test_no_command_is_a_usage_error(self, capsys) -> None:
+        assert main([]) == 2
+        assert "usage:" in capsys.readouterr().err
+
+
+def test_demo_writes_the_report_and_refuses_to_overwrite(tmp_path, capsys) -> None:
+    out = tmp_path / "demo"
+    code = main(
+        ["demo", "--steps", "2", "--size", "32", "--out", str(out), "--quiet", "--threads", "1"]
+    )
+    assert code == 0, capsys.readouterr().err
+    for name in ("report.md", "panel.png", "curves.png", "metrics.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    assert (out / "panel.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())["metrics"]
+    assert set(metrics) == {"RegGAN NC+R", "NC+R before training", "NC (no R)", "linear map"}
+    for values in metrics.values():  # every number of the table comes from the run
+        assert f"| {values['nmae']:.4f} | {values['psnr']:.2f} | {values['ssim']:.4f} |" in report
+    assert "RegGAN NC+R" in capsys.readouterr().out
+
+    code = main(["demo", "--steps", "2", "--size", "32", "--out", str(out), "--quiet"])
+    assert_user_error(capsys, code, "already exists.*--force")
+
+
+class TestTrain:
+    def test_run_files(self, trained) -> None:
+        run = trained / "run"
+        assert {"checkpoint.pt", "config.yaml", "train.csv", "eval.csv"} <= {
+            p.name for p in run.iterdir()
+        }
+        assert load_checkpoint(run / "checkpoint.pt")["training"]["step"] == 2
+
+    def test_existing_out_dir_needs_force(self, tmp_path, capsys) -> None:
+        config = write_config(tmp_path / "config.yaml", steps=1)
+        assert main(["train", str(config), "--quiet"]) == 0
+        assert_user_error(
+            capsys, main(["train", str(config), "--quiet"]), "already exists.*--force"
+        )
+        assert main(["train", str(config), "--quiet", "--force"]) == 0
+
+    def test_resume_continues_to_the_new_step_count(self, tmp_path) -> None:
+        config = write_config(tmp_path / "config.yaml", steps=1)
+        assert main(["train", str(config), "--quiet"]) == 0
+        write_config(tmp_path / "config.yaml", steps=2)
+        assert main(["train", str(config), "--quiet", "--resume"]) == 0
+        assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["training"]["step"] == 2
+
+    def test_overrides(self, tmp_path) -> None:
+        config = write_config(tmp_path / "config.yaml", steps=1)
+        other = tmp_path / "elsewhere"
+        assert (
+            main(
+                [
+                    "train",
+                    str(config),
+                    "--quiet",
+                    "--device",
+                    "cpu",
+                    "--no-amp",
+                    "--out-dir",
+                    str(other),
+                ]
+            )
+            == 0
+        )
+        assert load_checkpoint(other / "checkpoint.pt")["config"]["out_dir"] == str(other)
+
+
+class TestEvaluate:
+    def test_prints_and_writes_metrics(self, trained, tmp_path, capsys) -> None:
+        output = tmp_path / "metrics.json"
+        assert main(["evaluate", str(trained / "run"), "-o", str(output)]) == 0
+        printed = capsys.readouterr().out
+        record = json.loads(output.read_text())
+        assert record["step"] == 2 and record["slices"] == 27 and record["noise_level"] == 0
+        assert f"{record['nmae']:.4f}" in printed
+        code = main(["evaluate", str(trained / "run" / "checkpoint.pt"), "-o", str(output)])
+        assert_user_error(capsys, code, "already exists.*--force")
+
+    def test_data_and_noise_level(self, trained, tmp_path) -> None:
+        output = tmp_path / "noisy.json"
+        assert (
+            main(
+                [
+                    "evaluate",
+                    str(trained / "run"),
+                    "--data",
+                    "icbm152",
+                    "--noise-level",
+                    "2",
+                    "-o",
+                    str(output),
+                ]
+            )
+            == 0
+        )
+        assert json.loads(output.read_text())["noise_level"] == 2
+
+
+def make_volume(path, *, fill=None):
+    rng = np.random.default_rng(0)
+    volume = np.zeros((40, 36, 5), dtype=np.float32)
+    volume[8:32, 6:30, 1:4] = rng.uniform(10, 100, (24, 24, 3))
+    if fill is not None:
+        volume[10, 10, 2] = fill
+    affine = np.array([[-2.0, 0, 0, 40], [0, 2.0, 0, -30], [0, 0, 3.0, 7], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(volume, affine), path)
+    return volume, affine
+
+
+class TestTranslate:
+    def test_round_trip_keeps_grid_and_background(self, trained, tmp_path, capsys) -> None:
+        volume, affine = make_volume(tmp_path / "t1.nii.gz")
+        output = tmp_path / "t2_synth.nii.gz"
+        args = ["translate", str(trained / "run"), str(tmp_path / "t1.nii.gz"), "-o", str(output)]
+        assert main(args) == 0
+        image = nib.load(output)
+        data = np.asarray(image.dataobj)
+        assert data.shape == volume.shape and np.allclose(image.affine, affine)
+        assert np.all(data[volume == 0] == 0) and data.min() >= 0 and data.max() <= 1
+        assert data[volume > 0].std() > 0  # the brain was translated, not blanked
+        assert_user_error(capsys, main(args), "already exists.*--force")
+        assert main([*args, "--force", "--axis", "1"]) == 0
+
+    def test_output_must_be_nifti(self, trained, tmp_path, capsys) -> None:
+        make_volume(tmp_path / "t1.nii.gz")
+        code = main(
+            [
+                "translate",
+                str(trained / "run"),
+                str(tmp_path / "t1.nii.gz"),
+                "-o",
+                str(tmp_path / "out.png"),
+            ]
+        )
+        assert_user_error(capsys, code, r"must end in \.nii or \.nii\.gz")
+
+
+def _npy_folder(root, names_a, names_b, shape=(32, 32)):
+    for side, names in (("A", names_a), ("B", names_b)):
+        (root / side).mkdir(parents=True)
+        for name in names:
+            np.save(root / side / name, np.zeros(shape, dtype=np.float32))
+    return root
+
+
+class TestUserErrors:
+    def test_missing_config(self, tmp_path, capsys) -> None:
+        assert_user_error(capsys, main(["train", str(tmp_path / "absent.yaml")]), "does not exist")
+
+    @pytest.mark.parametrize(
+        ("changes", "match"),
+        [
+            (
+                {"stpes": 3},
+                r"unknown config key\(s\) 'stpes' \(did you mean 'steps'\?\); valid keys",
+            ),
+            ({"method": "stargan"}, "method must be one of"),
+            ({"mode": "nc+x"}, "mode must be one of"),
+        ],
+    )
+    def test_bad_config(self, tmp_path, capsys, changes, match) -> None:
+        config = tmp_path / "config.yaml"
+        config.write_text(yaml.safe_dump({**tiny_settings(tmp_path / "run"), **changes}))
+        assert_user_error(capsys, main(["train", str(config)]), match)
+
+    @pytest.mark.parametrize(
+        ("names_b", "match"),
+        [(["0.npy"], r"only in A/: \[1\.npy\]"), ([], "holds no .npy files")],
+    )
+    def test_bad_npy_folder(self, tmp_path, capsys, names_b, match) -> None:
+        data = _npy_folder(tmp_path / "data", ["0.npy", "1.npy"], names_b)
+        config = write_config(tmp_path / "config.yaml", data=str(data), spacing=None)
+        assert_user_error(capsys, main(["train", str(config)]), match)
+
+    def test_empty_folder(self, tmp_path, capsys) -> None:
+        (tmp_path / "empty").mkdir()
+        config = write_config(tmp_path / "config.yaml", data=str(tmp_path / "empty"))
+        assert_user_error(capsys, main(["train", str(config)]), "folder A/ in root")
+
+    @pytest.mark.parametrize("content", [b"not a checkpoint", b""])
+    def test_corrupt_checkpoint(self, tmp_path, capsys, content) -> None:
+        (tmp_path / "bad.pt").write_bytes(content)
+        assert_user_error(capsys, main(["evaluate", str(tmp_path / "bad.pt")]), "corrupt")
+
+    def test_missing_checkpoint(self, tmp_path, capsys) -> None:
+        code = main(["evaluate", str(tmp_path / "absent.pt"), "-o", str(tmp_path / "m.json")])
+        assert_user_error(capsys, code, "does not exist")
+
+    def test_non_finite_volume(self, trained, tmp_path, capsys) -> None:
+        make_volume(tmp_path / "nan.nii.gz", fill=np.nan)
+        code = main(
+            [
+                "translate",
+                str(trained / "run"),
+                str(tmp_path / "nan.nii.gz"),
+                "-o",
+                str(tmp_path / "out.nii.gz"),
+            ]
+        )
+        assert_user_error(capsys, code, "must be finite")
+        assert not (tmp_path / "out.nii.gz").exists()
+
+    def test_missing_input_volume(self, trained, tmp_path, capsys) -> None:
+        code = main(
+            [
+                "translate",
+                str(trained / "run"),
+                str(tmp_path / "absent.nii.gz"),
+                "-o",
+                str(tmp_path / "out.nii.gz"),
+            ]
+        )
+        assert_user_error(capsys, code, "does not exist")
+
+    def test_resume_and_force_together(self, tmp_path, capsys) -> None:
+        config = write_config(tmp_path / "config.yaml")
+        assert_user_error(capsys, main(["train", str(config), "--resume", "--force"]), "contradict")
+
+    def test_real_process_prints_one_line_and_exits_2(self, tmp_path) -> None:
+        (tmp_path / "bad.pt").write_bytes(torch.zeros(3).numpy().tobytes())
+        result = subprocess.run(
+            [sys.executable, "-m", "regcorrect.cli", "evaluate", str(tmp_path / "bad.pt")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("regcorrect: error: ")

@@ -1,0 +1,169 @@
+"""Tests of TrainingConfig and its YAML loading, including the official Reg-GAN keys."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from regcorrect.training import OFFICIAL_KEYS, ConfigError, TrainingConfig, load_config
+from regcorrect.training.config import valid_keys
+
+# The official Reg-GAN Yaml/CycleGan.yaml, as distributed (values of the NC+R experiment).
+OFFICIAL_YAML = """\
+#####
+name: CycleGan
+bidirect: False #Unidirectional or bidirectional
+regist: True    # With or without registration network
+noise_level: 1  #  noise level
+port: 6019   #  port parameters
+save_root: './output/Cyc/NC+R/'
+image_save: './output/Cyc/NC+R/img/'
+
+# lamda weight
+Adv_lamda : 1
+Cyc_lamda : 10
+Corr_lamda : 20
+Smooth_lamda : 10
+
+epoch: 0        # starting epoch
+n_epochs: 80       # How often do you want to display output images during training
+batchSize: 1               # size of the batches
+dataroot: './data/train2D'     # root directory of the dataset
+val_dataroot: './data/val2D'
+lr: 0.0001                   # initial learning rate
+decay_epoch: 20            # epoch to start linearly decaying the learning rate to 0
+size: 256                # size of the data crop
+input_nc: 1
+output_nc: 1
+cuda: True
+n_cpu: 1
+"""
+
+
+def write(tmp_path, text: str, name: str = "config.yaml"):
+    path = tmp_path / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+class TestTrainingConfig:
+    def test_defaults_are_the_papers_reggan(self) -> None:
+        config = TrainingConfig()
+        assert (config.method, config.mode) == ("cyclegan", "nc+r")
+        assert (config.correction_weight, config.smoothness_weight, config.lr) == (20.0, 10.0, 1e-4)
+        assert config.betas == [0.5, 0.999] and config.data == "icbm152"
+
+    def test_dict_round_trip(self) -> None:
+        config = TrainingConfig(mode="C+R", size=[64, 48], registration={"channels": (8, 16)})
+        assert config.mode == "c+r"  # normalised to lower case
+        assert config.registration["channels"] == [8, 16]
+        assert TrainingConfig.from_dict(config.to_dict()) == config
+        assert config.image_size == (64, 48)
+
+    def test_yaml_round_trip(self, tmp_path) -> None:
+        config = TrainingConfig(steps=7, size=32, data=["a.nii.gz", "b.nii.gz"], out_dir=None)
+        assert load_config(config.to_yaml(tmp_path / "c.yaml")) == config
+
+    def test_replace_validates(self) -> None:
+        config = TrainingConfig()
+        assert config.replace(steps=5).steps == 5 and config.steps == 20000
+        with pytest.raises(ConfigError, match="steps"):
+            config.replace(steps=0)
+
+    @pytest.mark.parametrize(
+        ("key", "value", "match"),
+        [
+            ("method", "pix2pixhd", "method must be one of"),
+            ("mode", "nc+r+r", "mode must be one of"),
+            ("steps", 0, "steps must be an integer >= 1"),
+            ("steps", 2.5, "steps must be an integer"),
+            ("batch_size", True, "batch_size must be an integer"),
+            ("lr", -1e-4, "lr must be a number > 0"),
+            ("noise_level", 6, "noise_level must be one of"),
+            ("size", [32], "size must be"),
+            ("size", 0, "size must be"),
+            ("betas", [0.5], "betas must be two numbers"),
+            ("paired", "yes", "paired must be true or false"),
+            ("data", 3, "data must be 'icbm152'"),
+            ("data", ["only-one.nii.gz"], "data must be"),
+            ("device", "tpu", "device must be one of"),
+            ("spacing", 0, "spacing must be"),
+            ("correction_weight", -1, "correction_weight must be a number >= 0"),
+            ("backbone", [1, 2], "backbone must be a mapping"),
+            ("test_fraction", 1.0, "test_fraction"),
+        ],
+    )
+    def test_invalid_values(self, key: str, value: object, match: str) -> None:
+        with pytest.raises(ConfigError, match=match):
+            TrainingConfig(**{key: value})
+
+    def test_decay_given_twice(self) -> None:
+        with pytest.raises(ConfigError, match="not both"):
+            TrainingConfig(decay_start=3, decay_start_epoch=1)
+
+
+class TestLoadConfig:
+    def test_empty_file_gives_defaults(self, tmp_path) -> None:
+        assert load_config(write(tmp_path, "")) == TrainingConfig()
+
+    def test_our_keys(self, tmp_path) -> None:
+        config = load_config(
+            write(tmp_path, "mode: c\nsteps: 12\nsize: [64, 32]\nbackbone: {base_channels: 8}\n")
+        )
+        assert (config.mode, config.steps, config.image_size) == ("c", 12, (64, 32))
+        assert config.backbone == {"base_channels": 8}
+
+    def test_unknown_key_lists_the_valid_ones(self, tmp_path) -> None:
+        with pytest.raises(ConfigError) as error:
+            load_config(write(tmp_path, "stpes: 10\n"))
+        message = str(error.value)
+        assert "unknown config key(s) 'stpes' (did you mean 'steps'?)" in message
+        assert all(key in message for key in valid_keys())
+        assert "Adv_lamda" in message
+
+    @pytest.mark.parametrize(
+        ("text", "match"),
+        [
+            ("steps: [1, 2\n", "not valid YAML"),
+            ("- steps\n- 3\n", "must hold a mapping"),
+            ("batchSize: 2\nbatch_size: 2\n", "'batchSize' and 'batch_size' both set 'batch_size'"),
+            ("mode: nc\nregist: true\n", "give only one"),
+            ("bidirect: 1\n", "bidirect must be true or false"),
+            ("input_nc: 3\n", "input_nc must be 1"),
+            ("epoch: 5\n", "--resume"),
+            ("cuda: maybe\n", "cuda must be true or false"),
+        ],
+    )
+    def test_invalid_files(self, tmp_path, text: str, match: str) -> None:
+        with pytest.raises(ConfigError, match=match):
+            load_config(write(tmp_path, text))
+
+    def test_missing_file(self, tmp_path) -> None:
+        with pytest.raises(ConfigError, match="does not exist"):
+            load_config(tmp_path / "absent.yaml")
+
+    def test_official_yaml_is_mapped(self, tmp_path) -> None:
+        config = load_config(write(tmp_path, OFFICIAL_YAML))
+        assert config.mode == "nc+r"
+        assert (config.adversarial_weight, config.cycle_weight) == (1, 10)
+        assert (config.correction_weight, config.smoothness_weight) == (20, 10)
+        assert (config.noise_level, config.batch_size, config.lr, config.size) == (1, 1, 1e-4, 256)
+        assert (config.epochs, config.decay_start_epoch) == (80, 20)
+        assert (config.data, config.test_data) == ("./data/train2D", "./data/val2D")
+        assert (config.out_dir, config.device) == ("./output/Cyc/NC+R/", "cuda")
+
+    @pytest.mark.parametrize(
+        ("bidirect", "regist", "mode"),
+        [(False, True, "nc+r"), (False, False, "nc"), (True, True, "c+r"), (True, False, "c")],
+    )
+    def test_bidirect_and_regist_choose_the_mode(self, bidirect, regist, mode) -> None:
+        values = yaml.safe_load(OFFICIAL_YAML)
+        values.update(bidirect=bidirect, regist=regist)
+        assert TrainingConfig.from_dict(values).mode == mode
+
+    def test_one_of_bidirect_regist_keeps_the_other_from_the_default(self) -> None:
+        assert TrainingConfig.from_dict({"bidirect": True}).mode == "c+r"
+        assert TrainingConfig.from_dict({"regist": False}).mode == "nc"
+
+    def test_every_official_key_maps_to_a_real_key(self) -> None:
+        assert {v for v in OFFICIAL_KEYS.values() if v is not None} <= set(valid_keys())
