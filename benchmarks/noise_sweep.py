@@ -88,7 +88,7 @@ def train_one(args, mode: str, level: int, seed: int, train, test) -> dict:
         base_channels=args.base_channels,
         num_residual_blocks=args.residual_blocks,
         discriminator_channels=args.base_channels,
-        registration={"channels": tuple(args.reg_channels), "affine": True}
+        registration={"channels": tuple(args.reg_channels), "affine": args.affine}
         if mode.endswith("+r")
         else None,
         smoothness_weight=args.smoothness_weight,
@@ -161,6 +161,7 @@ def settings_of(args) -> dict:
         "amp",
         "smoothness_weight",
         "correction_weight",
+        "affine",
     )
     return {k: getattr(args, k) for k in keys}
 
@@ -260,7 +261,7 @@ def report(args) -> None:
         f"{tuple(settings['size'])}; {len(train.source)} training / {len(test.source)} test slices.",
         f"- CycleGAN ResNet generator, base channels {settings['base_channels']}, "
         f"{settings['residual_blocks']} residual blocks; PatchGAN with {settings['base_channels']} "
-        f"channels; R = RegUNet(affine=True, channels={tuple(settings['reg_channels'])}).",
+        f"channels; R = RegUNet(affine={settings['affine']}, channels={tuple(settings['reg_channels'])}).",
         f"- {settings['steps']} steps, batch {settings['batch']}, Adam lr {settings['lr']} "
         "(β = 0.5, 0.999), linear decay over the second half; LSGAN; weights Adv 1, "
         f"Corr {settings['correction_weight']}, Smooth {settings['smoothness_weight']}, Pix2Pix L1 100, "
@@ -311,6 +312,9 @@ def main() -> None:
     parser.add_argument("--eval-every", dest="eval_every", type=int, default=250)
     parser.add_argument("--last-evals", dest="last_evals", type=int, default=3)
     parser.add_argument("--amp", action="store_true")
+    parser.add_argument(
+        "--affine", action="store_true", help="give R its global affine head (default: paper's R)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--results",
