@@ -22,7 +22,7 @@ from .losses.smoothness import smoothness_loss
 from .registration.regunet import RegistrationFields
 from .registration.warp import PADDING_MODES, warp
 
-__all__ = ["RegistrationCorrection", "CorrectionOutput"]
+__all__ = ["RegistrationCorrection", "CorrectionOutput", "run_registration"]
 
 
 @dataclass
@@ -57,6 +57,17 @@ def _as_fields(output: object) -> RegistrationFields:
         "reg_net must return a displacement tensor (B, N, *spatial) or RegistrationFields, got "
         f"{type(output).__name__}"
     )
+
+
+def run_registration(reg_net: nn.Module, moving: Tensor, fixed: Tensor) -> RegistrationFields:
+    """Run ``reg_net`` on ``cat([moving, fixed], dim=1)`` and return its fields.
+
+    Networks with a ``decompose`` method (:class:`~regcorrect.registration.RegUNet`) give the
+    full field and its dense residual; any other network's tensor output is both.
+    """
+    x = torch.cat([moving, fixed], dim=1)
+    decompose = getattr(reg_net, "decompose", None)
+    return _as_fields(decompose(x) if callable(decompose) else reg_net(x))
 
 
 class RegistrationCorrection(nn.Module):
@@ -116,9 +127,7 @@ class RegistrationCorrection(nn.Module):
 
     def register(self, moving: Tensor, fixed: Tensor) -> RegistrationFields:
         """Run ``reg_net`` on ``cat([moving, fixed], dim=1)``; return the field and its parts."""
-        x = torch.cat([moving, fixed], dim=1)
-        decompose = getattr(self.reg_net, "decompose", None)
-        return _as_fields(decompose(x) if callable(decompose) else self.reg_net(x))
+        return run_registration(self.reg_net, moving, fixed)
 
     def forward(
         self,

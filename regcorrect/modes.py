@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import check_choice, check_float, check_rank
-from .backbones import METHODS, Pix2Pix, TranslationBackbone
+from .backbones import METHODS, GeneratorOutput, Pix2Pix, TranslationBackbone
+from .correction import run_registration
 from .losses.correction import correction_loss
 from .losses.smoothness import smoothness_loss
 from .registration.regunet import RegistrationFields, RegUNet
@@ -221,10 +222,25 @@ class TranslationModel(nn.Module):
         """Fields of R that warp ``translated`` onto ``target`` (+R modes only)."""
         if self.registration is None:
             raise ValueError(f"mode {self.mode!r} has no registration network")
-        x = torch.cat([translated, target], dim=1)
-        decompose = getattr(self.registration, "decompose", None)
-        out = decompose(x) if callable(decompose) else self.registration(x)
-        return out if isinstance(out, RegistrationFields) else RegistrationFields(out, out)
+        return run_registration(self.registration, translated, target)
+
+    def _generator_losses(
+        self, source: Tensor, target: Tensor, mask: Tensor | None
+    ) -> tuple[GeneratorOutput, dict[str, Tensor]]:
+        """The backbone's weighted generator terms plus, in +R modes, correction and smoothness."""
+        with self._autocast():
+            out = self.backbone.generator_forward(source, target)
+            losses = {name: value.float() for name, value in out.losses.items()}
+            if self.registration is not None:
+                fields = self.register(out.translated, target)
+                registered = warp(out.translated.float(), fields.displacement.float())
+                losses["correction"] = self.correction_weight * correction_loss(
+                    registered, target, mask
+                )
+                losses["smoothness"] = self.smoothness_weight * smoothness_loss(
+                    fields.residual.float()
+                )
+        return out, losses
 
     def train_step(
         self, source: Tensor, target: Tensor, mask: Tensor | None = None
@@ -246,28 +262,22 @@ class TranslationModel(nn.Module):
         generator_side = ["generator"] + (["registration"] if self.registration else [])
         for name in generator_side:
             self.optimizers[name].zero_grad(set_to_none=True)
-        for net in discriminators:
-            net.requires_grad_(False)
-        with self._autocast():
-            out = self.backbone.generator_forward(source, target)
-            losses = {name: value.float() for name, value in out.losses.items()}
-            if self.registration is not None:
-                fields = self.register(out.translated, target)
-                registered = warp(out.translated.float(), fields.displacement.float())
-                losses["correction"] = self.correction_weight * correction_loss(
-                    registered, target, mask
-                )
-                losses["smoothness"] = self.smoothness_weight * smoothness_loss(
-                    fields.residual.float()
-                )
-        generator_total = torch.stack(list(losses.values())).sum()
-        generator_total.backward()
+        # Freeze D for the generator backward (no wasted gradients); restore its flags after.
+        d_params = [p for net in discriminators for p in net.parameters()]
+        d_flags = [p.requires_grad for p in d_params]
+        try:
+            for p in d_params:
+                p.requires_grad_(False)
+            out, losses = self._generator_losses(source, target, mask)
+            generator_total = torch.stack(list(losses.values())).sum()
+            generator_total.backward()
+        finally:
+            for p, flag in zip(d_params, d_flags, strict=True):
+                p.requires_grad_(flag)
         for name in generator_side:
             self._sync(name)
             self.optimizers[name].step()
 
-        for net in discriminators:
-            net.requires_grad_(True)
         self.optimizers["discriminator"].zero_grad(set_to_none=True)
         fakes = {name: self._replay(name, image) for name, image in out.fakes.items()}
         with self._autocast():
