@@ -255,7 +255,8 @@ def report(args) -> None:
         "## Settings",
         "",
         f"- Command: `python benchmarks/noise_sweep.py --steps {settings['steps']} --levels "
-        f"{' '.join(map(str, levels))} --seeds {' '.join(map(str, seeds))} --modes {' '.join(modes)}`"
+        f"{' '.join(map(str, levels))} --seeds {' '.join(map(str, seeds))} --modes {' '.join(modes)}"
+        f"{' --amp' if settings['amp'] else ''}{' --affine' if settings.get('affine') else ''}`"
         " then `--report`",
         f"- Data: ICBM152 2009c, spacing {settings['spacing']} mm, padded/cropped to "
         f"{tuple(settings['size'])}; {len(train.source)} training / {len(test.source)} test slices.",
@@ -266,8 +267,8 @@ def report(args) -> None:
         "(β = 0.5, 0.999), linear decay over the second half; LSGAN; weights Adv 1, "
         f"Corr {settings['correction_weight']}, Smooth {settings['smoothness_weight']}, Pix2Pix L1 100, "
         f"Cyc 10; bf16 autocast: {settings['amp']}.",
-        f"- Seeds {seeds}; total training time {seconds / 60:.0f} min on {platform.processor() or platform.machine()} "
-        f"({torch.get_num_threads()} threads), torch {torch.__version__}.",
+        f"- Seeds {seeds}; total training time {seconds / 60:.0f} min (sum over runs), "
+        f"torch {torch.__version__}, {platform.machine()}. {args.machine}",
     ]
     out = ROOT / "docs" / "results"
     out.mkdir(parents=True, exist_ok=True)
@@ -323,6 +324,9 @@ def main() -> None:
         "(e.g. noise_sweep_seed0.jsonl, noise_sweep_seed1.jsonl from parallel runs)",
     )
     parser.add_argument("--report", action="store_true", help="write the markdown table and plot")
+    parser.add_argument(
+        "--machine", default="", help="free text on the machine/threads, added to the report"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run into a temp file")
     args = parser.parse_args()
     if args.quick:
