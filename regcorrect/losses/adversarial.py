@@ -7,9 +7,10 @@ Three formulations, for the generator and the discriminator sides:
 * ``"vanilla"``: binary cross-entropy on logits (Goodfellow et al. 2014, non-saturating for G).
 * ``"hinge"``: ``mean(relu(1 - D(real))) + mean(relu(1 + D(fake)))`` for D, ``-mean(D(fake))`` for G.
 
-Discriminator outputs may be a tensor (a PatchGAN map) or a list/tuple of tensors (multi-scale
-discriminators such as MUNIT's, UNIT's or NICE-GAN's); a list is reduced by the **mean** over its
-items, so the loss scale does not grow with the number of scales.
+Discriminator outputs may be a tensor (a PatchGAN map) or a list/tuple of tensors (one per scale
+of a multi-scale discriminator); a list is reduced by the **mean** over its items. The reference
+backbones (MUNIT, UNIT, NICE-GAN) instead call these losses once per scale and **sum** the terms,
+as their original code does (``TranslationBackbone.gan_generator_loss``).
 """
 
 from __future__ import annotations
