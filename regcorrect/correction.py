@@ -9,7 +9,8 @@ learns the translation while ``R`` absorbs the misalignment.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -22,7 +23,7 @@ from .losses.smoothness import smoothness_loss
 from .registration.regunet import RegistrationFields
 from .registration.warp import PADDING_MODES, warp
 
-__all__ = ["RegistrationCorrection", "CorrectionOutput", "run_registration"]
+__all__ = ["RegistrationCorrection", "CorrectionOutput", "run_registration", "frozen"]
 
 
 @dataclass
@@ -57,6 +58,24 @@ def _as_fields(output: object) -> RegistrationFields:
         "reg_net must return a displacement tensor (B, N, *spatial) or RegistrationFields, got "
         f"{type(output).__name__}"
     )
+
+
+@contextmanager
+def frozen(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Turn off ``requires_grad`` of every parameter of ``modules`` inside the block.
+
+    Used to keep a discriminator out of the generator's backward pass; each parameter gets its
+    own previous flag back afterwards (parameters a user froze stay frozen), also on error.
+    """
+    params = [p for module in modules for p in module.parameters()]
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        yield
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
 
 
 def run_registration(reg_net: nn.Module, moving: Tensor, fixed: Tensor) -> RegistrationFields:
@@ -234,12 +253,7 @@ class RegistrationCorrection(nn.Module):
         optimizers = [optimizer_g] + ([optimizer_r] if optimizer_r is not None else [])
         for optimizer in optimizers:
             optimizer.zero_grad(set_to_none=True)
-        # Freeze D during the generator backward; restore the user's own flags afterwards.
-        d_params = list(discriminator.parameters()) if discriminator is not None else []
-        d_flags = [p.requires_grad for p in d_params]
-        try:
-            for p in d_params:
-                p.requires_grad_(False)
+        with frozen([discriminator] if discriminator is not None else []):
             out = self(source, target, mask=mask)
             losses = dict(out.losses)
             if discriminator is not None:
@@ -248,9 +262,6 @@ class RegistrationCorrection(nn.Module):
                 )
             total = torch.stack(list(losses.values())).sum()
             total.backward()
-        finally:
-            for p, flag in zip(d_params, d_flags, strict=True):
-                p.requires_grad_(flag)
         for optimizer in optimizers:
             optimizer.step()
         result = {name: float(value.detach()) for name, value in losses.items()}

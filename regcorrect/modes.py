@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ._checks import check_choice, check_float, check_rank
 from .backbones import METHODS, GeneratorOutput, Pix2Pix, TranslationBackbone
-from .correction import run_registration
+from .correction import frozen, run_registration
 from .losses.correction import correction_loss
 from .losses.smoothness import smoothness_loss
 from .registration.regunet import RegistrationFields, RegUNet
@@ -262,18 +262,11 @@ class TranslationModel(nn.Module):
         generator_side = ["generator"] + (["registration"] if self.registration else [])
         for name in generator_side:
             self.optimizers[name].zero_grad(set_to_none=True)
-        # Freeze D for the generator backward (no wasted gradients); restore its flags after.
-        d_params = [p for net in discriminators for p in net.parameters()]
-        d_flags = [p.requires_grad for p in d_params]
-        try:
-            for p in d_params:
-                p.requires_grad_(False)
+        # D stays out of the generator backward (no wasted gradients); its flags come back after.
+        with frozen(discriminators):
             out, losses = self._generator_losses(source, target, mask)
             generator_total = torch.stack(list(losses.values())).sum()
             generator_total.backward()
-        finally:
-            for p, flag in zip(d_params, d_flags, strict=True):
-                p.requires_grad_(flag)
         for name in generator_side:
             self._sync(name)
             self.optimizers[name].step()
