@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ import torch
 from ..data import MisalignedPairs, Misalignment, icbm152
 from ..registration.warp import warp
 from .config import TrainingConfig
-from .engine import Trainer
+from .engine import Trainer, prepare_output_dir
 from .evaluate import evaluate_translation, fit_linear_map
 from .report import metrics_table, plot_curves, plot_panel
 
@@ -89,21 +88,13 @@ def demo_config(
 
 
 def _check_out_dir(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output {str(out_dir)!r} exists and is not a folder")
-    if out_dir.is_dir() and any(out_dir.iterdir()):
-        if not force:
-            raise ValueError(
-                f"output folder {str(out_dir)!r} already exists and is not empty; "
-                "choose another --out or pass --force to overwrite it"
-            )
-        for name in DEMO_OUTPUTS:
-            path = out_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(
+        out_dir,
+        force=force,
+        label="output folder",
+        hint="choose another --out or pass --force to overwrite it",
+        outputs=DEMO_OUTPUTS,
+    )
 
 
 @torch.no_grad()

@@ -65,6 +65,32 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def prepare_output_dir(
+    out_dir: Path, *, force: bool, label: str, hint: str, outputs: tuple[str, ...]
+) -> None:
+    """Create ``out_dir``; refuse a non-empty one unless ``force``, then remove only ``outputs``.
+
+    Args:
+        out_dir: the folder.
+        force: overwrite what a previous run wrote there.
+        label: how the error names the folder (``"out_dir"``, ``"output folder"``).
+        hint: what the user can do instead, appended to the error.
+        outputs: the file/folder names this run writes (the only ones removed with ``force``).
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"{label} {str(out_dir)!r} exists and is not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not force:
+            raise ValueError(f"{label} {str(out_dir)!r} already exists and is not empty; {hint}")
+        for name in outputs:
+            path = out_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
 class Trainer:
     """Train a model as a :class:`TrainingConfig` says.
 
@@ -154,23 +180,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ construction
     def _prepare_out_dir(self, overwrite: bool) -> None:
-        out_dir = self.out_dir
-        assert out_dir is not None
-        if out_dir.exists() and not out_dir.is_dir():
-            raise ValueError(f"out_dir {str(out_dir)!r} exists and is not a folder")
-        if out_dir.is_dir() and any(out_dir.iterdir()):
-            if not overwrite:
-                raise ValueError(
-                    f"out_dir {str(out_dir)!r} already exists and is not empty; resume the run "
-                    "(--resume), choose another out_dir, or overwrite it (--force)"
-                )
-            for name in (CHECKPOINT_NAME, "config.yaml", *LOG_FILES):
-                path = out_dir / name
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink(missing_ok=True)
-        out_dir.mkdir(parents=True, exist_ok=True)
+        assert self.out_dir is not None
+        prepare_output_dir(
+            self.out_dir,
+            force=overwrite,
+            label="out_dir",
+            hint="resume the run (--resume), choose another out_dir, or overwrite it (--force)",
+            outputs=(CHECKPOINT_NAME, "config.yaml", *LOG_FILES),
+        )
 
     @classmethod
     def resume(
