@@ -10,9 +10,9 @@ image and the field:
   ``map_x, map_y`` with ``align_corners=True`` (2D only);
 * ``MONAI Warp`` — ``monai.networks.blocks.Warp`` on the same displacement, when MONAI is
   installed (skipped otherwise);
-* ``proposal`` — not library code: ``regcorrect.warp``'s sampling with the pixel-field → grid
-  conversion done by one autograd function that writes each grid channel once (forward) and
-  each field channel once (backward), the change proposed in ``docs/results/warp.md``.
+* ``unfused conversion (before)`` — the conversion ``regcorrect.warp`` used before it became one
+  autograd node (flip, move channels last, scale, add the identity grid, each op replayed by
+  autograd), kept to show what the fused node saves.
 
 Before timing, the outputs and the gradients (converted to the displacement's units) of every
 candidate are checked against ``regcorrect.warp``.
@@ -29,7 +29,6 @@ import argparse
 import sys
 import warnings
 from collections.abc import Callable
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
@@ -53,45 +52,16 @@ except ImportError:
     MonaiWarp = None
 
 BASELINE = "grid_sample"
-PROPOSAL = "proposal: fused conversion"
+UNFUSED = "unfused conversion (before)"
 
 
-@lru_cache(maxsize=8)
-def _identity_planes(
-    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
-) -> tuple[Tensor, ...]:
-    """The identity grid's channels ``x, y[, z]`` as separate contiguous ``(1, *shape)`` planes."""
-    grid = identity_grid(shape, device, dtype)
-    return tuple(grid[..., i].contiguous() for i in range(len(shape)))
-
-
-class _FieldToGrid(torch.autograd.Function):
-    """Pixel field ``(B, N, *spatial)`` in axis order -> normalised ``(B, *spatial, N)`` grid."""
-
-    @staticmethod
-    def forward(ctx, displacement: Tensor, planes: tuple, scales: tuple) -> Tensor:
-        n = displacement.shape[1]
-        grid = displacement.new_empty(displacement.shape[0], *displacement.shape[2:], n)
-        for i in range(n):  # grid channel i (x, y, z) comes from field channel n - 1 - i
-            torch.add(planes[i], displacement[:, n - 1 - i], alpha=scales[i], out=grid[..., i])
-        ctx.scales = scales
-        return grid
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple:
-        n = grad.shape[-1]
-        field_grad = grad.new_empty(grad.shape[0], n, *grad.shape[1:-1])
-        for i in range(n):
-            torch.mul(grad[..., i], ctx.scales[i], out=field_grad[:, n - 1 - i])
-        return field_grad, None, None
-
-
-def proposed_warp(image: Tensor, displacement: Tensor) -> Tensor:
-    """``regcorrect.warp`` (bilinear, border) with the fused conversion; float32 only."""
+def unfused_warp(image: Tensor, displacement: Tensor) -> Tensor:
+    """The textbook conversion regcorrect.warp used before the fused node (flip the channels to
+    ``x, y[, z]``, move them last, scale, add the identity grid; autograd replays each op)."""
     spatial = tuple(displacement.shape[2:])
-    planes = _identity_planes(spatial, displacement.device, displacement.dtype)
-    scales = tuple(2.0 / (s - 1) if s > 1 else 0.0 for s in reversed(spatial))
-    grid = _FieldToGrid.apply(displacement, planes, scales)
+    scale = pixel_to_normalized_scale(spatial, displacement.device, displacement.dtype)
+    offsets = rearrange(displacement.flip(1), "b n ... -> b ... n") * scale
+    grid = identity_grid(spatial, displacement.device, displacement.dtype) + offsets
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
@@ -145,7 +115,7 @@ def _make_candidates(
     candidates = {
         BASELINE: run(raw_grid_sample, grid_leaf),
         "regcorrect.warp": run(lambda: warp(image_leaf, field_leaf), field_leaf),
-        PROPOSAL: run(lambda: proposed_warp(image_leaf, field_leaf), field_leaf),
+        UNFUSED: run(lambda: unfused_warp(image_leaf, field_leaf), field_leaf),
     }
     if remap is not None and n == 2:
         axes = torch.meshgrid(
@@ -218,7 +188,7 @@ def benchmark(
     base = median(samples[BASELINE])
     label = "1×1×" + "×".join(str(s) for s in shape)
     rows = []
-    for name in (BASELINE, "regcorrect.warp", "kornia remap", "MONAI Warp", PROPOSAL):
+    for name in (BASELINE, "regcorrect.warp", "kornia remap", "MONAI Warp", UNFUSED):
         if name not in samples:
             reason = "2D only" if name == "kornia remap" else "not installed"
             rows.append([label, name, "—", "—", "—", reason])

@@ -17,7 +17,7 @@ try:  # kornia >= 0.8.3
 except ImportError:  # pragma: no cover - older kornia
     from kornia.utils import create_meshgrid, create_meshgrid3d
 
-__all__ = ["identity_grid", "pixel_to_normalized_scale"]
+__all__ = ["identity_grid", "identity_planes", "pixel_to_normalized_scale"]
 
 
 @lru_cache(maxsize=64)
@@ -53,6 +53,22 @@ def identity_grid(shape: tuple[int, ...], device: torch.device, dtype: torch.dty
         normalised coordinates ``[-1, 1]`` (corner-aligned).
     """
     return _identity_grid(tuple(int(s) for s in shape), torch.device(device), dtype)
+
+
+@lru_cache(maxsize=64)
+def _identity_planes(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        return _identity_grid(shape, device, dtype).movedim(-1, 1).contiguous()
+
+
+def identity_planes(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """The identity grid of :func:`identity_grid` with its coordinate axis first (cached).
+
+    Returns:
+        ``(1, N, *shape)``, channels ``(x, y[, z])`` in normalised coordinates, each channel a
+        contiguous plane (what a channel-by-channel field -> grid conversion reads fastest).
+    """
+    return _identity_planes(tuple(int(s) for s in shape), torch.device(device), dtype)
 
 
 @lru_cache(maxsize=64)

@@ -17,12 +17,10 @@ This is the convention of the official Reg-GAN ``Transformer_2D``, VoxelMorph's
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_displacement, check_float, check_rank
-from .grid import identity_grid, pixel_to_normalized_scale
+from .grid import identity_planes
 
 __all__ = ["warp", "Warp", "WARP_MODES", "PADDING_MODES"]
 
@@ -30,6 +28,107 @@ WARP_MODES = ("bilinear", "trilinear", "nearest", "bicubic")
 PADDING_MODES = ("border", "zeros", "reflection")
 
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+# torch's integer codes for grid_sample's interpolation and padding modes.
+_INTERPOLATION = {"bilinear": 0, "nearest": 1, "bicubic": 2}
+_PADDING = {"zeros": 0, "border": 1, "reflection": 2}
+_SAMPLE = {2: torch.ops.aten.grid_sampler_2d, 3: torch.ops.aten.grid_sampler_3d}
+_SAMPLE_BACKWARD = {
+    2: torch.ops.aten.grid_sampler_2d_backward,
+    3: torch.ops.aten.grid_sampler_3d_backward,
+}
+
+
+def _normalizing_scales(spatial: tuple[int, ...]) -> tuple[float, ...]:
+    """Pixel -> ``align_corners=True`` normalised factors in grid order ``(x, y[, z])``."""
+    return tuple(2.0 / (size - 1) if size > 1 else 0.0 for size in reversed(spatial))
+
+
+def _field_to_grid(displacement: Tensor) -> Tensor:
+    """Pixel field ``(B, N, *spatial)`` in axis order -> normalised sampling grid ``(B, *spatial, N)``
+    in ``grid_sample``'s ``(x, y[, z])`` order.
+
+    One pass per channel: grid channel ``i`` = identity plane ``i`` + scale ``i`` * field channel
+    ``N - 1 - i``, written into a channels-first buffer whose channels-last view is returned
+    (``grid_sample`` reads strided grids; this avoids the flip/permute/scale/add chain).
+    """
+    n = displacement.shape[1]
+    spatial = tuple(displacement.shape[2:])
+    planes = identity_planes(spatial, displacement.device, displacement.dtype)
+    scales = _normalizing_scales(spatial)
+    buffer = torch.empty_like(displacement, memory_format=torch.contiguous_format)
+    for i in range(n):
+        torch.add(planes[:, i], displacement[:, n - 1 - i], alpha=scales[i], out=buffer[:, i])
+    return buffer.movedim(1, -1)
+
+
+class _WarpByField(torch.autograd.Function):
+    """``grid_sample`` of ``image`` at ``identity + displacement`` as one autograd node.
+
+    Forward: :func:`_field_to_grid` then the sampler. Backward: the sampler's backward, then the
+    grid gradient turned back into a field gradient in one pass per channel (scale and axis
+    order), instead of autograd replaying the conversion op by op.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx,
+        image: Tensor,
+        displacement: Tensor,
+        interpolation: int,
+        padding: int,
+    ) -> Tensor:
+        n = displacement.shape[1]
+        grid = _field_to_grid(displacement)
+        ctx.save_for_backward(image, displacement, grid)
+        ctx.modes = (interpolation, padding)  # type: ignore[attr-defined]
+        return _SAMPLE[n](image, grid, interpolation, padding, True)
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: torch.autograd.function.FunctionCtx, grad_warped: Tensor
+    ) -> tuple[Tensor | None, Tensor | None, None, None]:
+        image, displacement, grid = ctx.saved_tensors  # type: ignore[attr-defined]
+        interpolation, padding = ctx.modes  # type: ignore[attr-defined]
+        needs_image, needs_field = ctx.needs_input_grad[:2]  # type: ignore[attr-defined]
+        if torch.is_grad_enabled():  # create_graph=True: recompute differentiably
+            return _differentiable_backward(
+                image, displacement, grad_warped, interpolation, padding, needs_image, needs_field
+            )
+        n = grid.shape[-1]
+        grad_image, grad_grid = _SAMPLE_BACKWARD[n](
+            grad_warped, image, grid, interpolation, padding, True, [needs_image, needs_field]
+        )
+        grad_field = None
+        if needs_field:
+            scales = _normalizing_scales(tuple(grid.shape[1:-1]))
+            grad_field = grad_grid.new_empty(grad_grid.shape[0], n, *grad_grid.shape[1:-1])
+            for i in range(n):
+                torch.mul(grad_grid[..., i], scales[i], out=grad_field[:, n - 1 - i])
+        return (grad_image if needs_image else None), grad_field, None, None
+
+
+def _differentiable_backward(
+    image: Tensor,
+    displacement: Tensor,
+    grad_warped: Tensor,
+    interpolation: int,
+    padding: int,
+    needs_image: bool,
+    needs_field: bool,
+) -> tuple[Tensor | None, Tensor | None, None, None]:
+    """Backward of :class:`_WarpByField` built from differentiable ops, for double backward."""
+    n = displacement.shape[1]
+    spatial = tuple(displacement.shape[2:])
+    scales = torch.tensor(_normalizing_scales(spatial), dtype=displacement.dtype)
+    planes = identity_planes(spatial, displacement.device, displacement.dtype)
+    axes = planes + displacement.flip(1) * scales.to(displacement.device).reshape(1, n, *[1] * n)
+    warped = _SAMPLE[n](image, axes.movedim(1, -1), interpolation, padding, True)
+    inputs = [t for t, needed in ((image, needs_image), (displacement, needs_field)) if needed]
+    grads = list(torch.autograd.grad(warped, inputs, grad_warped, create_graph=True))
+    grad_image = grads.pop(0) if needs_image else None
+    grad_field = grads.pop(0) if needs_field else None
+    return grad_image, grad_field, None, None
 
 
 def _sampling_dtype(image: Tensor, displacement: Tensor) -> torch.dtype:
@@ -65,7 +164,10 @@ def warp(
         Pixel units, channel order = axis order, backward mapping, ``align_corners=True``.
         Unlike ``kornia.geometry.transform.remap`` with its default ``align_corners=False``
         (kornia issue 4504), a zero field is exactly the identity. The identity grid is cached
-        per (shape, device, dtype).
+        per (shape, device, dtype); the field -> grid conversion and its gradient are one pass per
+        channel (a single autograd node around ``grid_sample``), so the warp costs little more than
+        ``grid_sample`` itself (``docs/results/warp.md``). Double backward (``create_graph=True``)
+        is supported: that backward is recomputed from differentiable ops.
 
     Example:
         >>> image = torch.arange(16.0, dtype=torch.float64).reshape(1, 1, 4, 4)
@@ -98,18 +200,19 @@ def warp(
 
     dtype = _sampling_dtype(image, displacement)
     with torch.autocast(device_type=image.device.type, enabled=False):
-        scale = pixel_to_normalized_scale(spatial, displacement.device, dtype)
-        offsets = rearrange(displacement.to(dtype).flip(1), "b n ... -> b ... n") * scale
-        grid = identity_grid(spatial, displacement.device, dtype) + offsets
         batch = max(batch_image, batch_field)
         source = image.to(dtype)
+        field = displacement.to(dtype)
         if batch_image != batch:
             source = source.expand(batch, *source.shape[1:])
         if batch_field != batch:
-            grid = grid.expand(batch, *grid.shape[1:])
-        warped = F.grid_sample(
-            source, grid, mode=sample_mode, padding_mode=padding_mode, align_corners=True
-        )
+            field = field.expand(batch, *field.shape[1:])
+        interpolation, padding = _INTERPOLATION[sample_mode], _PADDING[padding_mode]
+        if torch.is_grad_enabled() and (source.requires_grad or field.requires_grad):
+            warped = _WarpByField.apply(source, field, interpolation, padding)
+        else:
+            grid = _field_to_grid(field)
+            warped = _SAMPLE[n](source, grid, interpolation, padding, True)
     return warped.to(image.dtype)
 
 

@@ -123,6 +123,71 @@ class TestWarp:
         field = (torch.rand(1, 3, 4, 4, 4, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
         assert torch.autograd.gradcheck(lambda i, f: warp(i, f), (image, field))
 
+    def test_gradgradcheck(self):
+        # The fused backward recomputes itself from differentiable ops under create_graph=True.
+        image = torch.rand(2, 1, 5, 6, dtype=torch.float64, requires_grad=True)
+        field = (torch.rand(2, 2, 5, 6, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+        assert torch.autograd.gradgradcheck(lambda i, f: warp(i, f), (image, field))
+        image3 = torch.rand(1, 1, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+        field3 = (torch.rand(1, 3, 3, 4, 4, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+        assert torch.autograd.gradgradcheck(lambda i, f: warp(i, f), (image3, field3))
+
+    @pytest.mark.parametrize(
+        "mode, padding_mode",
+        [
+            ("bilinear", "border"),
+            ("bilinear", "zeros"),
+            ("bicubic", "reflection"),
+            ("nearest", "border"),
+        ],
+    )
+    def test_gradcheck_modes_and_broadcast(self, mode, padding_mode):
+        # One field for a batch of images and one image for a batch of fields.
+        images = torch.rand(3, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+        field = (torch.rand(1, 2, 5, 6, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+        image = torch.rand(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
+        fields = (torch.rand(3, 2, 5, 6, dtype=torch.float64) * 0.8 + 0.1).requires_grad_()
+
+        def fn(i, f):
+            return warp(i, f, mode=mode, padding_mode=padding_mode)
+
+        assert torch.autograd.gradcheck(fn, (images, field))
+        assert torch.autograd.gradcheck(fn, (image, fields))
+
+    @pytest.mark.parametrize("shape", [(9, 14), (5, 7, 6)])
+    def test_fused_gradients_equal_plain_autograd(self, shape):
+        # Reference: the textbook conversion (flip to x, y[, z], scale, add the identity grid)
+        # differentiated by autograd op by op.
+        n = len(shape)
+        gen = torch.Generator().manual_seed(4)
+        image = torch.rand(2, 3, *shape, generator=gen, dtype=torch.float64)
+        field = torch.randn(2, n, *shape, generator=gen, dtype=torch.float64) * 2.0
+        grad_out = torch.rand(2, 3, *shape, generator=gen, dtype=torch.float64)
+        results = []
+        for fused in (True, False):
+            i = image.clone().requires_grad_()
+            f = field.clone().requires_grad_()
+            if fused:
+                out = warp(i, f)
+            else:
+                scale = torch.tensor([2.0 / (s - 1) for s in reversed(shape)], dtype=f.dtype)
+                grid = identity_grid(shape, f.device, f.dtype) + f.flip(1).movedim(1, -1) * scale
+                out = torch.nn.functional.grid_sample(
+                    i, grid, mode="bilinear", padding_mode="border", align_corners=True
+                )
+            out.backward(grad_out)
+            results.append((out, i.grad, f.grad))
+        for mine, theirs in zip(results[0], results[1], strict=True):
+            torch.testing.assert_close(mine, theirs)
+
+    @pytest.mark.parametrize("which", ["image", "field"])
+    def test_gradient_to_one_input_only(self, which):
+        image = torch.rand(1, 1, 8, 8, requires_grad=which == "image")
+        field = smooth_field((8, 8), 1.0, seed=5).float().requires_grad_(which == "field")
+        warp(image, field).sum().backward()
+        assert (image.grad is not None) == (which == "image")
+        assert (field.grad is not None) == (which == "field")
+
     def test_identity_grid_is_cached(self):
         a = identity_grid((7, 9), torch.device("cpu"), torch.float32)
         b = identity_grid((7, 9), torch.device("cpu"), torch.float32)
