@@ -80,7 +80,7 @@ def train_one(args, method: str, mode: str, seed: int, train, test, options: dic
         seed=seed,
         learning_rate=args.lr,
         total_steps=args.steps,
-        registration={"channels": tuple(args.reg_channels), "affine": True}
+        registration={"channels": tuple(args.reg_channels), "affine": args.affine}
         if mode.endswith("+r")
         else None,
         **options,
@@ -123,6 +123,7 @@ def settings_of(args) -> dict:
         "eval_every",
         "last_evals",
         "amp",
+        "affine",
         "quick",
     )
     return {k: getattr(args, k) for k in keys}
@@ -215,11 +216,14 @@ def report(args) -> None:
         "## Settings",
         "",
         f"- Command: `python benchmarks/methods_table.py --steps {settings['steps']} --spacing "
-        f"{settings['spacing']} --size {' '.join(map(str, settings['size']))}` then `--report`.",
+        f"{settings['spacing']} --size {' '.join(map(str, settings['size']))} --reg-channels "
+        f"{' '.join(map(str, settings['reg_channels']))} --eval-every {settings['eval_every']} "
+        f"--last-evals {settings['last_evals']}{' --amp' if settings['amp'] else ''}"
+        f"{' --affine' if settings.get('affine') else ''}` then `--report`.",
         f"- {settings['steps']} steps, batch {settings['batch']}, Adam lr {settings['lr']}, "
         f"linear decay over the second half, bf16 autocast: {settings['amp']}; widths reduced "
-        f"for CPU (see `OPTIONS` in the script); R = RegUNet(affine=True, channels="
-        f"{tuple(settings['reg_channels'])}).",
+        f"for CPU (see `OPTIONS` in the script); R = RegUNet(affine="
+        f"{settings.get('affine', True)}, channels={tuple(settings['reg_channels'])}).",
         f"- Data: ICBM152 2009c at {settings['spacing']} mm, {tuple(settings['size'])}.",
         f"- Total training time {seconds / 60:.0f} min on {platform.machine()}, torch "
         f"{torch.__version__}.",
@@ -246,6 +250,9 @@ def main() -> None:
     parser.add_argument("--eval-every", dest="eval_every", type=int, default=250)
     parser.add_argument("--last-evals", dest="last_evals", type=int, default=2)
     parser.add_argument("--amp", action="store_true")
+    parser.add_argument(
+        "--affine", action="store_true", help="give R its global affine head (default: paper's R)"
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", default=str(ROOT / "docs" / "results" / "methods_table.jsonl"))
     parser.add_argument("--report", action="store_true")

@@ -48,3 +48,33 @@ def test_quick_run_prints_table(script: str, header: str, rows: list[str]) -> No
     assert header in out
     for row in rows:
         assert any(line.startswith("| ") and row in line for line in out.splitlines()), row
+
+
+def test_noise_sweep_claims_are_checked_both_ways() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from noise_sweep import claims
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    levels = [0, 1, 2]
+    holding = {
+        ("nc+r", "nmae"): [0.070, 0.071, 0.072],
+        ("pix2pix", "nmae"): [0.075, 0.10, 0.15],
+        ("c", "nmae"): [0.08, 0.08, 0.09],
+    }
+    text = "\n".join(claims(holding, levels))
+    assert "does not hold" not in text and text.count("holds") == 5
+    failing = {
+        ("nc+r", "nmae"): [0.090, 0.071, 0.120],  # unstable, worse at 0, worse than C at 2
+        ("pix2pix", "nmae"): [0.075, 0.10, 0.15],
+        ("c", "nmae"): [0.08, 0.08, 0.11],
+    }
+    lines = claims(failing, levels)
+    verdicts = {line.split(":")[0]: line.rsplit("—", 1)[1].strip(" .") for line in lines[3:]}
+    assert verdicts == {
+        "- RegGAN stable across noise (paper": "does not hold (criterion: spread ≤ 10 %)",
+        "- Pix2Pix degrades with noise (paper": "holds",
+        "- RegGAN ≤ Pix2Pix at Noise.0": "does not hold",
+        "- RegGAN better than Pix2Pix at every level ≥ 1": "holds",
+        "- RegGAN better than CycleGAN (C) at every level": "does not hold",
+    }

@@ -62,17 +62,45 @@ def _norm(spatial_dims: int, channels: int) -> nn.Module:
     return norm(channels, affine=False, track_running_stats=False)
 
 
+def _replicate_pad(x: Tensor, width: int) -> Tensor:
+    """Pad every spatial axis of ``x`` ``(B, C, *spatial)`` by repeating its edge ``width`` times.
+
+    Same values as ``F.pad(x, ..., mode="replicate")``, built from ``cat`` so that
+    ``torch.compile`` can trace its backward (torch 2.13's meta kernel of
+    ``replication_pad2d_backward`` rejects channels-last strides).
+    """
+    for axis in range(2, x.ndim):
+        first = x.narrow(axis, 0, 1)
+        last = x.narrow(axis, x.shape[axis] - 1, 1)
+        x = torch.cat([first] * width + [x] + [last] * width, dim=axis)
+    return x
+
+
+class _EdgePaddedConv2d(nn.Conv2d):
+    """``nn.Conv2d`` (no padding of its own) after a replicate pad of ``kernel_size // 2``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(_replicate_pad(x, self.kernel_size[0] // 2))
+
+
+class _EdgePaddedConv3d(nn.Conv3d):
+    """``nn.Conv3d`` (no padding of its own) after a replicate pad of ``kernel_size // 2``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(_replicate_pad(x, self.kernel_size[0] // 2))
+
+
 class _ResidualBlock(nn.Module):
-    """conv-IN-ReLU-conv-IN with replicate padding and an identity skip."""
+    """conv-IN-ReLU-conv-IN with replicate (edge) padding and an identity skip."""
 
     def __init__(self, spatial_dims: int, channels: int) -> None:
         super().__init__()
-        conv = _conv(spatial_dims)
+        conv = _EdgePaddedConv2d if spatial_dims == 2 else _EdgePaddedConv3d
         self.body = nn.Sequential(
-            conv(channels, channels, 3, padding=1, padding_mode="replicate"),
+            conv(channels, channels, 3),
             _norm(spatial_dims, channels),
             nn.ReLU(),
-            conv(channels, channels, 3, padding=1, padding_mode="replicate"),
+            conv(channels, channels, 3),
             _norm(spatial_dims, channels),
         )
 

@@ -325,3 +325,20 @@ class TestRegistrationRecovery:
         assert end_point_error(fields.displacement, truth, inside) < 1.0
         # the global head carries the misalignment; the dense residual only refines it
         assert end_point_error(fields.displacement - fields.residual, truth, inside) < 1.0
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_edge_padded_conv_equals_replicate_padding(spatial_dims):
+    # R's residual blocks pad by concatenation (torch.compile-friendly); values must equal
+    # torch's padding_mode="replicate", and weights load from a replicate-padded conv unchanged.
+    from regcorrect.registration.regunet import _EdgePaddedConv2d, _EdgePaddedConv3d
+
+    torch.manual_seed(0)
+    conv_type = torch.nn.Conv2d if spatial_dims == 2 else torch.nn.Conv3d
+    ours_type = _EdgePaddedConv2d if spatial_dims == 2 else _EdgePaddedConv3d
+    reference = conv_type(3, 4, 3, padding=1, padding_mode="replicate").double()
+    ours = ours_type(3, 4, 3).double()
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(2, 3, *(5, 6, 7)[:spatial_dims], dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(ours(x), reference(x))
+    assert torch.autograd.gradcheck(ours, (x,))
