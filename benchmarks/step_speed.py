@@ -71,7 +71,7 @@ class Variant:
     affine: bool = False  # library: R with the (opt-in) affine head
     amp: bool = False  # library: bfloat16 autocast
     channels_last: bool = False
-    compile: str = ""  # "gd": torch.compile G and D; "r": compile R only
+    compile: str = ""  # letters of the networks to torch.compile: "g", "d", "r"
     tuned_malloc: bool = False
 
 
@@ -93,6 +93,7 @@ VARIANTS: dict[str, Variant] = {
     "lib-cl": Variant("build_model fp32 + channels-last", channels_last=True),
     "lib-compile": Variant("build_model fp32 + torch.compile of G and D", compile="gd"),
     "lib-compile-R": Variant("build_model fp32 + torch.compile of R", compile="r"),
+    "lib-compile-all": Variant("build_model fp32 + torch.compile of G, D and R", compile="gdr"),
     "lib-malloc": Variant("build_model fp32 + tuned malloc", tuned_malloc=True),
     "lib-bf16": Variant("build_model amp=True (bf16)", amp=True),
     "lib-bf16-cl": Variant("build_model bf16 + channels-last", amp=True, channels_last=True),
@@ -108,6 +109,7 @@ EFFECTS: list[tuple[str, str, str]] = [
     ("channels-last (fp32)", "lib", "lib-cl"),
     ("torch.compile of G and D (fp32)", "lib", "lib-compile"),
     ("torch.compile of R (fp32)", "lib", "lib-compile-R"),
+    ("torch.compile of G, D and R (fp32)", "lib", "lib-compile-all"),
     ("tuned glibc malloc (fp32)", "lib", "lib-malloc"),
     ("bf16 autocast", "lib", "lib-bf16"),
     ("bf16 autocast + channels-last", "lib", "lib-bf16-cl"),
@@ -252,10 +254,11 @@ def _build(
         model.to(memory_format=torch.channels_last)
         source = source.contiguous(memory_format=torch.channels_last)
         target = target.contiguous(memory_format=torch.channels_last)
-    if v.compile == "gd":
-        for net in (model.backbone.generator, model.backbone.discriminator):
-            net.compile()
-    elif v.compile == "r":  # train_step calls R.decompose, not R.forward
+    if "g" in v.compile:
+        model.backbone.generator.compile()
+    if "d" in v.compile:
+        model.backbone.discriminator.compile()
+    if "r" in v.compile:  # train_step calls R.decompose, not R.forward
         model.registration.decompose = torch.compile(model.registration.decompose)
     if v.reference:
         step = ReferenceStep(
