@@ -188,6 +188,20 @@ def report(args) -> None:
                         text = f"({value - base:+.{digits}f}) {text}"
                 cells.append(text)
             lines.append(f"| {label} | {mode.upper()} | " + " | ".join(cells) + " |")
+    lines += ["", "What +R changes (the paper: +R improves every method in both C and NC):", ""]
+    for key, label, better in (("nmae", "NMAE", -1), ("psnr", "PSNR", 1), ("ssim", "SSIM", 1)):
+        pairs = [
+            (mean(m, base + "+r", key), mean(m, base, key))
+            for m in methods
+            for base in ("c", "nc")
+            if mean(m, base + "+r", key) is not None and mean(m, base, key) is not None
+        ]
+        improved = sum(1 for with_r, without in pairs if better * (with_r - without) > 0)
+        lines.append(
+            f"- {label}: better with +R in {improved} of {len(pairs)} method × mode pairs."
+        )
+    seeds = sorted({r["seed"] for r in rows})
+    lines.append(f"- Seeds: {seeds} (single evaluations swing by about ±0.01 NMAE).")
     lines += [
         "",
         "Trivial baselines:",
@@ -226,7 +240,7 @@ def report(args) -> None:
         f"{settings.get('affine', True)}, channels={tuple(settings['reg_channels'])}).",
         f"- Data: ICBM152 2009c at {settings['spacing']} mm, {tuple(settings['size'])}.",
         f"- Total training time {seconds / 60:.0f} min on {platform.machine()}, torch "
-        f"{torch.__version__}.",
+        f"{torch.__version__}. {args.machine}",
     ]
     out = ROOT / "docs" / "results" / "methods_table.md"
     out.write_text("\n".join(lines) + "\n")
@@ -256,6 +270,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--results", default=str(ROOT / "docs" / "results" / "methods_table.jsonl"))
     parser.add_argument("--report", action="store_true")
+    parser.add_argument(
+        "--machine", default="", help="free text on the machine/threads, added to the report"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run into a temp file")
     args = parser.parse_args()
     if args.quick:

@@ -292,3 +292,20 @@ class TestErrors:
     def test_unknown_backbone_option(self) -> None:
         with pytest.raises(TypeError, match="residual_blocks"):
             build_model("nicegan", "nc", residual_blocks=1)
+
+
+@pytest.mark.parametrize("method", list(TINY))
+def test_compile_wraps_every_trained_network_and_keeps_weights(method: str) -> None:
+    # Compilation itself is lazy (it happens at the first step; benchmarks/step_speed.py runs
+    # compiled steps); here: every network is wrapped, nothing about the weights changes.
+    model = tiny_model(method, "nc+r")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert model.compile() is model
+    for name, net in model.networks.items():
+        if name == "registration":
+            assert hasattr(net.decompose, "_torchdynamo_orig_callable"), name
+        else:
+            assert net._compiled_call_impl is not None, name
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
