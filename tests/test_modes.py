@@ -294,6 +294,7 @@ class TestErrors:
             build_model("nicegan", "nc", residual_blocks=1)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own jit import inside dynamo
 @pytest.mark.parametrize("method", list(TINY))
 def test_compile_wraps_every_trained_network_and_keeps_weights(method: str) -> None:
     # Compilation itself is lazy (it happens at the first step; benchmarks/step_speed.py runs
