@@ -352,7 +352,10 @@ def precision_check(rows: list[dict], other: list[dict], amp: bool) -> list[str]
         "",
         f"## {name} against {other_name}",
         "",
-        "Runs repeated with only `--amp` changed (same seeds, steps, data), mean over those seeds.",
+        "Runs repeated with only `--amp` changed (same seeds, steps, data; the table's command with",
+        f"`--amp` {'dropped' if amp else 'added'} and the levels/seeds listed), mean over those",
+        "seeds. The s/run columns are wall times of runs made under different machine loads, not a",
+        "speed comparison (that is `step_speed.py`).",
         "",
         f"| Mode | Level | Seeds | NMAE {name} | NMAE {other_name} | SSIM {name} | "
         f"SSIM {other_name} | s/run {name} | s/run {other_name} |",
