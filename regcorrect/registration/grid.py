@@ -17,7 +17,7 @@ try:  # kornia >= 0.8.3
 except ImportError:  # pragma: no cover - older kornia
     from kornia.utils import create_meshgrid, create_meshgrid3d
 
-__all__ = ["identity_grid", "identity_planes", "pixel_to_normalized_scale"]
+__all__ = ["identity_axes", "identity_grid", "identity_planes", "pixel_to_normalized_scale"]
 
 
 @lru_cache(maxsize=64)
@@ -69,6 +69,39 @@ def identity_planes(shape: tuple[int, ...], device: torch.device, dtype: torch.d
         contiguous plane (what a channel-by-channel field -> grid conversion reads fastest).
     """
     return _identity_planes(tuple(int(s) for s in shape), torch.device(device), dtype)
+
+
+@lru_cache(maxsize=64)
+def _identity_axes(
+    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, ...]:
+    with torch.inference_mode(False), torch.no_grad():
+        grid = _identity_grid(shape, device, dtype)
+        n = len(shape)
+        axes = []
+        for i in range(n):  # grid channel i runs along spatial axis n - 1 - i
+            axis = n - 1 - i
+            index = [0] * n
+            index[axis] = slice(None)
+            values = grid[(0, *index, i)]
+            view = [1] * n
+            view[axis] = shape[axis]
+            axes.append(values.reshape(1, *view).contiguous())
+        return tuple(axes)
+
+
+def identity_axes(
+    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> tuple[Tensor, ...]:
+    """The identity grid's coordinates as broadcastable 1-D profiles (cached).
+
+    Returns:
+        ``N`` tensors in ``grid_sample`` order ``(x, y[, z])``; coordinate ``i`` varies only along
+        spatial axis ``N - 1 - i`` and has shape ``(1, *shape)`` with every other axis 1, e.g.
+        ``(1, 1, W)`` and ``(1, H, 1)`` in 2D. Broadcast together they equal
+        :func:`identity_grid`, while reading ``H + W`` values instead of ``2·H·W``.
+    """
+    return _identity_axes(tuple(int(s) for s in shape), torch.device(device), dtype)
 
 
 @lru_cache(maxsize=64)

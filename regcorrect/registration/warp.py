@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_displacement, check_float, check_rank
-from .grid import identity_planes
+from .grid import identity_axes, identity_planes
 
 __all__ = ["warp", "Warp", "WARP_MODES", "PADDING_MODES"]
 
@@ -54,11 +54,11 @@ def _field_to_grid(displacement: Tensor) -> Tensor:
     """
     n = displacement.shape[1]
     spatial = tuple(displacement.shape[2:])
-    planes = identity_planes(spatial, displacement.device, displacement.dtype)
+    axes = identity_axes(spatial, displacement.device, displacement.dtype)
     scales = _normalizing_scales(spatial)
     buffer = torch.empty_like(displacement, memory_format=torch.contiguous_format)
     for i in range(n):
-        torch.add(planes[:, i], displacement[:, n - 1 - i], alpha=scales[i], out=buffer[:, i])
+        torch.add(axes[i], displacement[:, n - 1 - i], alpha=scales[i], out=buffer[:, i])
     return buffer.movedim(1, -1)
 
 

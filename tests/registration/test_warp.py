@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from scipy.ndimage import gaussian_filter, map_coordinates
 
 from regcorrect.registration import Warp, warp
-from regcorrect.registration.grid import identity_grid
+from regcorrect.registration.grid import identity_axes, identity_grid
 
 
 def smooth_field(shape, amplitude, seed, batch=1):
@@ -194,6 +194,14 @@ class TestWarp:
         assert a is b
         assert a.shape == (1, 7, 9, 2)
         assert a[0, 0, -1].tolist() == [1.0, -1.0]  # (x, y) of the top-right corner
+
+    @pytest.mark.parametrize("shape", [(5, 7), (1, 6), (3, 4, 5), (1, 1, 4)])
+    def test_identity_axes_broadcast_to_the_identity_grid(self, shape):
+        axes = identity_axes(shape, torch.device("cpu"), torch.float64)
+        assert [a.ndim for a in axes] == [len(shape) + 1] * len(shape)
+        assert all(a.numel() == shape[len(shape) - 1 - i] for i, a in enumerate(axes))
+        full = torch.stack(torch.broadcast_tensors(*axes), dim=-1)
+        assert torch.equal(full, identity_grid(shape, torch.device("cpu"), torch.float64))
 
     def test_identity_grid_3d_channel_order(self):
         grid = identity_grid((3, 4, 5), torch.device("cpu"), torch.float64)
