@@ -40,6 +40,7 @@ def run_doctests(name: str) -> doctest.TestResults:
     )
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning:torch.jit._script")  # via torch.compile
 @pytest.mark.parametrize(
     "name",
     [
