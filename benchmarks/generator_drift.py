@@ -1,0 +1,125 @@
+"""Does the generator drift geometrically when R can compensate?
+
+In NC+R nothing but the network's inductive bias ties the position of ``G(x)`` to ``x``: a
+generator whose output sits a fraction of a pixel off costs nothing if R shifts it back. This
+script trains a model exactly like ``noise_sweep.py`` (same data, networks, steps and seed), then
+translates the held-out slab and reports its NMAE against the aligned T2 as is, and after the
+best global shift ``(dy, dx)`` on a grid of ``--shift-step`` px up to ``--max-shift`` px. A
+generator that keeps the source geometry gains nothing from the shift.
+
+Usage::
+
+    python benchmarks/generator_drift.py --modes nc+r pix2pix --level 0 --seed 0
+    python benchmarks/generator_drift.py --quick        # smoke test, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from noise_sweep import fit, load_data  # noqa: E402
+
+from regcorrect import build_model, warp  # noqa: E402
+from regcorrect.data import Misalignment  # noqa: E402
+from regcorrect.metrics import nmae  # noqa: E402
+
+
+def best_shift(prediction: torch.Tensor, target: torch.Tensor, max_shift: float, step: float):
+    """Lowest NMAE of ``prediction`` moved by one global ``(dy, dx)`` (pixels) onto ``target``.
+
+    Returns:
+        ``(nmae, dy, dx)``; ``(nmae without shift, 0, 0)`` if no shift is better.
+    """
+    count = int(round(max_shift / step))
+    offsets = [k * step for k in range(-count, count + 1)]
+    best = (float(nmae(prediction, target)), 0.0, 0.0)
+    field = torch.zeros(1, 2, *prediction.shape[2:], dtype=prediction.dtype)
+    for dy in offsets:
+        for dx in offsets:
+            field[:, 0], field[:, 1] = dy, dx
+            value = float(nmae(warp(prediction, field), target))
+            if value < best[0]:
+                best = (value, dy, dx)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--modes", nargs="+", default=["nc+r", "pix2pix"])
+    parser.add_argument("--level", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=800)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--spacing", type=float, default=2.0)
+    parser.add_argument("--size", type=int, nargs=2, default=[112, 96])
+    parser.add_argument("--base-channels", dest="base_channels", type=int, default=32)
+    parser.add_argument("--residual-blocks", dest="residual_blocks", type=int, default=6)
+    parser.add_argument(
+        "--reg-channels", dest="reg_channels", type=int, nargs="+", default=[16, 32, 32, 32, 32, 32]
+    )
+    parser.add_argument("--max-shift", dest="max_shift", type=float, default=2.0)
+    parser.add_argument("--shift-step", dest="shift_step", type=float, default=0.25)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.size, args.spacing = 2, [48, 48], 4.0
+        args.base_channels, args.residual_blocks, args.reg_channels = 8, 1, [8, 16, 16, 16]
+        args.max_shift, args.shift_step = 0.5, 0.5
+    torch.set_num_threads(args.threads)
+    train, test = load_data(args.spacing, tuple(args.size))
+    for mode in args.modes:
+        model = build_model(
+            "cyclegan",
+            mode,
+            image_size=tuple(args.size),
+            amp=True,
+            seed=args.seed,
+            learning_rate=2e-4,
+            total_steps=args.steps,
+            decay_start=args.steps // 2,
+            base_channels=args.base_channels,
+            num_residual_blocks=args.residual_blocks,
+            discriminator_channels=args.base_channels,
+            registration={"channels": tuple(args.reg_channels), "affine": False}
+            if mode.endswith("+r")
+            else None,
+        )
+        fit(
+            model,
+            Misalignment(args.level),
+            train,
+            test,
+            steps=args.steps,
+            batch=args.batch,
+            seed=args.seed,
+            eval_every=max(1, args.steps // 4),
+            last_evals=1,
+            label=f"{mode:8s} level {args.level} seed {args.seed}",
+        )
+        prediction = torch.cat(
+            [model.translate(test.source[i : i + 16]) for i in range(0, len(test.source), 16)]
+        ).clamp(-1, 1)
+        value, dy, dx = best_shift(prediction, test.target, args.max_shift, args.shift_step)
+        row = {
+            "mode": mode,
+            "level": args.level,
+            "seed": args.seed,
+            "steps": args.steps,
+            "nmae": float(nmae(prediction, test.target)),
+            "nmae_after_best_shift": value,
+            "best_shift_dy_dx": [dy, dx],
+        }
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
