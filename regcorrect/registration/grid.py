@@ -17,7 +17,7 @@ try:  # kornia >= 0.8.3
 except ImportError:  # pragma: no cover - older kornia
     from kornia.utils import create_meshgrid, create_meshgrid3d
 
-__all__ = ["identity_axes", "identity_grid", "identity_planes", "pixel_to_normalized_scale"]
+__all__ = ["identity_axes", "identity_grid", "normalized_scales", "pixel_to_normalized_scale"]
 
 
 @lru_cache(maxsize=64)
@@ -56,22 +56,6 @@ def identity_grid(shape: tuple[int, ...], device: torch.device, dtype: torch.dty
 
 
 @lru_cache(maxsize=64)
-def _identity_planes(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
-    with torch.inference_mode(False), torch.no_grad():
-        return _identity_grid(shape, device, dtype).movedim(-1, 1).contiguous()
-
-
-def identity_planes(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
-    """The identity grid of :func:`identity_grid` with its coordinate axis first (cached).
-
-    Returns:
-        ``(1, N, *shape)``, channels ``(x, y[, z])`` in normalised coordinates, each channel a
-        contiguous plane (what a channel-by-channel field -> grid conversion reads fastest).
-    """
-    return _identity_planes(tuple(int(s) for s in shape), torch.device(device), dtype)
-
-
-@lru_cache(maxsize=64)
 def _identity_axes(
     shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
 ) -> tuple[Tensor, ...]:
@@ -104,11 +88,20 @@ def identity_axes(
     return _identity_axes(tuple(int(s) for s in shape), torch.device(device), dtype)
 
 
+def normalized_scales(shape: tuple[int, ...]) -> tuple[float, ...]:
+    """Pixel -> ``align_corners=True`` normalised factors as Python floats.
+
+    Returns:
+        ``2 / (size - 1)`` per axis (0 for an axis of size 1), ordered like ``grid_sample``'s last
+        axis (``x, y[, z]``), i.e. the reverse of ``shape``.
+    """
+    return tuple(2.0 / (size - 1) if size > 1 else 0.0 for size in reversed(shape))
+
+
 @lru_cache(maxsize=64)
 def _scale(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
     with torch.inference_mode(False), torch.no_grad():
-        values = [2.0 / (s - 1) if s > 1 else 0.0 for s in reversed(shape)]
-        return torch.tensor(values, device=device, dtype=dtype)
+        return torch.tensor(normalized_scales(shape), device=device, dtype=dtype)
 
 
 def pixel_to_normalized_scale(
@@ -117,7 +110,6 @@ def pixel_to_normalized_scale(
     """Factors that turn pixel offsets into ``align_corners=True`` normalised offsets.
 
     Returns:
-        ``(N,)`` tensor ordered like ``grid_sample``'s last axis (``x, y[, z]``): ``2 / (size - 1)``
-        per axis (0 for an axis of size 1).
+        ``(N,)`` tensor of :func:`normalized_scales` (cached per shape, device, dtype).
     """
     return _scale(tuple(int(s) for s in shape), torch.device(device), dtype)

@@ -17,10 +17,11 @@ This is the convention of the official Reg-GAN ``Transformer_2D``, VoxelMorph's
 from __future__ import annotations
 
 import torch
+from einops import rearrange
 from torch import Tensor, nn
 
 from .._checks import check_choice, check_displacement, check_float, check_rank
-from .grid import identity_axes, identity_planes
+from .grid import identity_axes, identity_grid, normalized_scales, pixel_to_normalized_scale
 
 __all__ = ["warp", "Warp", "WARP_MODES", "PADDING_MODES"]
 
@@ -39,23 +40,18 @@ _SAMPLE_BACKWARD = {
 }
 
 
-def _normalizing_scales(spatial: tuple[int, ...]) -> tuple[float, ...]:
-    """Pixel -> ``align_corners=True`` normalised factors in grid order ``(x, y[, z])``."""
-    return tuple(2.0 / (size - 1) if size > 1 else 0.0 for size in reversed(spatial))
-
-
 def _field_to_grid(displacement: Tensor) -> Tensor:
     """Pixel field ``(B, N, *spatial)`` in axis order -> normalised sampling grid ``(B, *spatial, N)``
     in ``grid_sample``'s ``(x, y[, z])`` order.
 
-    One pass per channel: grid channel ``i`` = identity plane ``i`` + scale ``i`` * field channel
+    One pass per channel: grid channel ``i`` = identity profile ``i`` (:func:`identity_axes`, broadcast) + scale ``i`` * field channel
     ``N - 1 - i``, written into a channels-first buffer whose channels-last view is returned
     (``grid_sample`` reads strided grids; this avoids the flip/permute/scale/add chain).
     """
     n = displacement.shape[1]
     spatial = tuple(displacement.shape[2:])
     axes = identity_axes(spatial, displacement.device, displacement.dtype)
-    scales = _normalizing_scales(spatial)
+    scales = normalized_scales(spatial)
     buffer = torch.empty_like(displacement, memory_format=torch.contiguous_format)
     for i in range(n):
         torch.add(axes[i], displacement[:, n - 1 - i], alpha=scales[i], out=buffer[:, i])
@@ -101,7 +97,7 @@ class _WarpByField(torch.autograd.Function):
         )
         grad_field = None
         if needs_field:
-            scales = _normalizing_scales(tuple(grid.shape[1:-1]))
+            scales = normalized_scales(tuple(grid.shape[1:-1]))
             grad_field = grad_grid.new_empty(grad_grid.shape[0], n, *grad_grid.shape[1:-1])
             for i in range(n):
                 torch.mul(grad_grid[..., i], scales[i], out=grad_field[:, n - 1 - i])
@@ -120,10 +116,10 @@ def _differentiable_backward(
     """Backward of :class:`_WarpByField` built from differentiable ops, for double backward."""
     n = displacement.shape[1]
     spatial = tuple(displacement.shape[2:])
-    scales = torch.tensor(_normalizing_scales(spatial), dtype=displacement.dtype)
-    planes = identity_planes(spatial, displacement.device, displacement.dtype)
-    axes = planes + displacement.flip(1) * scales.to(displacement.device).reshape(1, n, *[1] * n)
-    warped = _SAMPLE[n](image, axes.movedim(1, -1), interpolation, padding, True)
+    scale = pixel_to_normalized_scale(spatial, displacement.device, displacement.dtype)
+    offsets = rearrange(displacement.flip(1), "b n ... -> b ... n") * scale
+    grid = identity_grid(spatial, displacement.device, displacement.dtype) + offsets
+    warped = _SAMPLE[n](image, grid, interpolation, padding, True)
     inputs = [t for t, needed in ((image, needs_image), (displacement, needs_field)) if needed]
     grads = list(torch.autograd.grad(warped, inputs, grad_warped, create_graph=True))
     grad_image = grads.pop(0) if needs_image else None
