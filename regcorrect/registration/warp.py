@@ -44,9 +44,10 @@ def _field_to_grid(displacement: Tensor) -> Tensor:
     """Pixel field ``(B, N, *spatial)`` in axis order -> normalised sampling grid ``(B, *spatial, N)``
     in ``grid_sample``'s ``(x, y[, z])`` order.
 
-    One pass per channel: grid channel ``i`` = identity profile ``i`` (:func:`identity_axes`, broadcast) + scale ``i`` * field channel
-    ``N - 1 - i``, written into a channels-first buffer whose channels-last view is returned
-    (``grid_sample`` reads strided grids; this avoids the flip/permute/scale/add chain).
+    One pass per channel: grid channel ``i`` = identity profile ``i`` (:func:`identity_axes`,
+    broadcast) + scale ``i`` * field channel ``N - 1 - i``, written into a channels-first buffer
+    whose channels-last view is returned (``grid_sample`` reads strided grids; this avoids the
+    flip/permute/scale/add chain).
     """
     n = displacement.shape[1]
     spatial = tuple(displacement.shape[2:])
