@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from noise_sweep import fit, load_data  # noqa: E402
+from noise_sweep import fit, load_data, sweep_model, translate_all  # noqa: E402
 
-from regcorrect import build_model, warp  # noqa: E402
+from regcorrect import warp  # noqa: E402
 from regcorrect.data import Misalignment  # noqa: E402
 from regcorrect.metrics import nmae  # noqa: E402
 
@@ -65,6 +65,10 @@ def main() -> None:
     parser.add_argument(
         "--reg-channels", dest="reg_channels", type=int, nargs="+", default=[16, 32, 32, 32, 32, 32]
     )
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--correction-weight", dest="correction_weight", type=float, default=20.0)
+    parser.add_argument("--smoothness-weight", dest="smoothness_weight", type=float, default=10.0)
+    parser.set_defaults(amp=True, affine=False)  # as the committed sweep: bf16, paper R
     parser.add_argument("--max-shift", dest="max_shift", type=float, default=2.0)
     parser.add_argument("--shift-step", dest="shift_step", type=float, default=0.25)
     parser.add_argument("--threads", type=int, default=1)
@@ -77,22 +81,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     train, test = load_data(args.spacing, tuple(args.size))
     for mode in args.modes:
-        model = build_model(
-            "cyclegan",
-            mode,
-            image_size=tuple(args.size),
-            amp=True,
-            seed=args.seed,
-            learning_rate=2e-4,
-            total_steps=args.steps,
-            decay_start=args.steps // 2,
-            base_channels=args.base_channels,
-            num_residual_blocks=args.residual_blocks,
-            discriminator_channels=args.base_channels,
-            registration={"channels": tuple(args.reg_channels), "affine": False}
-            if mode.endswith("+r")
-            else None,
-        )
+        model = sweep_model(args, mode, args.seed, tuple(args.size))
         fit(
             model,
             Misalignment(args.level),
@@ -105,9 +94,7 @@ def main() -> None:
             last_evals=1,
             label=f"{mode:8s} level {args.level} seed {args.seed}",
         )
-        prediction = torch.cat(
-            [model.translate(test.source[i : i + 16]) for i in range(0, len(test.source), 16)]
-        ).clamp(-1, 1)
+        prediction = translate_all(model, test.source)
         value, dy, dx = best_shift(prediction, test.target, args.max_shift, args.shift_step)
         row = {
             "mode": mode,

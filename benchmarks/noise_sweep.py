@@ -46,12 +46,14 @@ def load_data(spacing: float, size: tuple[int, int]):
     return train, test
 
 
+def translate_all(model, images: torch.Tensor, batch: int = 16) -> torch.Tensor:
+    """``model.translate`` over ``images`` in batches, clamped to [-1, 1]."""
+    outputs = [model.translate(images[i : i + batch]) for i in range(0, len(images), batch)]
+    return torch.cat(outputs).clamp(-1, 1)
+
+
 def evaluate(model, test, batch: int = 16) -> dict[str, float]:
-    outputs = []
-    for start in range(0, len(test.source), batch):
-        outputs.append(model.translate(test.source[start : start + batch]))
-    prediction = torch.cat(outputs).clamp(-1, 1)
-    return metrics_of(prediction, test.target)
+    return metrics_of(translate_all(model, test.source, batch), test.target)
 
 
 def metrics_of(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -75,9 +77,9 @@ def baselines(train, test) -> dict[str, dict[str, float]]:
     }
 
 
-def train_one(args, mode: str, level: int, seed: int, train, test) -> dict:
-    size = tuple(train.source.shape[2:])
-    model = build_model(
+def sweep_model(args, mode: str, seed: int, size: tuple[int, int]):
+    """The CycleGAN-backbone model of one sweep run, from the sweep's settings in ``args``."""
+    return build_model(
         "cyclegan",
         mode,
         image_size=size,
@@ -95,6 +97,10 @@ def train_one(args, mode: str, level: int, seed: int, train, test) -> dict:
         smoothness_weight=args.smoothness_weight,
         correction_weight=args.correction_weight,
     )
+
+
+def train_one(args, mode: str, level: int, seed: int, train, test) -> dict:
+    model = sweep_model(args, mode, seed, tuple(train.source.shape[2:]))
     history, final, seconds = fit(
         model,
         Misalignment(level),
