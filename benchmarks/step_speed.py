@@ -256,12 +256,13 @@ def _build(
         target = target.contiguous(memory_format=torch.channels_last)
     if v.compile == "gdr":  # everything: the public TranslationModel.compile()
         model.compile()
-    elif "g" in v.compile:
-        model.backbone.generator.compile()
-    if "d" in v.compile and v.compile != "gdr":
-        model.backbone.discriminator.compile()
-    if "r" in v.compile and v.compile != "gdr":  # train_step calls R.decompose, not R.forward
-        model.registration.decompose = torch.compile(model.registration.decompose)
+    else:
+        if "g" in v.compile:
+            model.backbone.generator.compile()
+        if "d" in v.compile:
+            model.backbone.discriminator.compile()
+        if "r" in v.compile:  # train_step calls R.decompose, not R.forward
+            model.registration.decompose = torch.compile(model.registration.decompose)
     if v.reference:
         step = ReferenceStep(
             model.backbone.generator, model.registration, model.backbone.discriminator, v
