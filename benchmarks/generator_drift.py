@@ -23,30 +23,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from noise_sweep import fit, load_data, sweep_model, translate_all  # noqa: E402
+from noise_sweep import best_shift, fit, load_data, sweep_model, translate_all  # noqa: E402
 
-from regcorrect import warp  # noqa: E402
 from regcorrect.data import Misalignment  # noqa: E402
 from regcorrect.metrics import nmae  # noqa: E402
-
-
-def best_shift(prediction: torch.Tensor, target: torch.Tensor, max_shift: float, step: float):
-    """Lowest NMAE of ``prediction`` moved by one global ``(dy, dx)`` (pixels) onto ``target``.
-
-    Returns:
-        ``(nmae, dy, dx)``; ``(nmae without shift, 0, 0)`` if no shift is better.
-    """
-    count = int(round(max_shift / step))
-    offsets = [k * step for k in range(-count, count + 1)]
-    best = (float(nmae(prediction, target)), 0.0, 0.0)
-    field = torch.zeros(1, 2, *prediction.shape[2:], dtype=prediction.dtype)
-    for dy in offsets:
-        for dx in offsets:
-            field[:, 0], field[:, 1] = dy, dx
-            value = float(nmae(warp(prediction, field), target))
-            if value < best[0]:
-                best = (value, dy, dx)
-    return best
 
 
 def main() -> None:
@@ -68,6 +48,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--correction-weight", dest="correction_weight", type=float, default=20.0)
     parser.add_argument("--smoothness-weight", dest="smoothness_weight", type=float, default=10.0)
+    parser.add_argument("--centering-weight", dest="centering_weight", type=float, default=0.0)
     parser.set_defaults(amp=True, affine=False)  # as the committed sweep: bf16, paper R
     parser.add_argument("--max-shift", dest="max_shift", type=float, default=2.0)
     parser.add_argument("--shift-step", dest="shift_step", type=float, default=0.25)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from regcorrect import build_model
+from regcorrect import build_model, warp
 from regcorrect.data import Misalignment, icbm152
 from regcorrect.metrics import nmae, psnr, ssim
 
@@ -38,6 +38,21 @@ MODES = {
     "nc": "NC (adversarial only)",
     "nc+r": "RegGAN (NC+R)",
 }
+VARIANT = "nc+r ours"
+VARIANT_KEYS = ("affine", "centering_weight")
+
+
+def _is_variant(theirs: dict, ours: dict) -> bool:
+    """Whether ``theirs`` differs from ``ours`` only in R's options (affine head, centring)."""
+    keys = (set(theirs) | set(ours)) - set(VARIANT_KEYS)
+    return all(theirs.get(k) == ours.get(k) for k in keys)
+
+
+def variant_label(settings: dict) -> str:
+    parts = ["affine R"] if settings.get("affine") else []
+    if settings.get("centering_weight"):
+        parts.append(f"centred correction {settings['centering_weight']:g}")
+    return "RegGAN + " + " + ".join(parts) if parts else "RegGAN (variant)"
 
 
 def load_data(spacing: float, size: tuple[int, int]):
@@ -62,6 +77,25 @@ def metrics_of(prediction: torch.Tensor, target: torch.Tensor) -> dict[str, floa
         "psnr": float(psnr(prediction, target)),
         "ssim": float(ssim(prediction, target)),
     }
+
+
+def best_shift(prediction: torch.Tensor, target: torch.Tensor, max_shift: float, step: float):
+    """Lowest NMAE of ``prediction`` moved by one global ``(dy, dx)`` (pixels) onto ``target``.
+
+    Returns:
+        ``(nmae, dy, dx)``; ``(nmae without shift, 0, 0)`` if no shift is better.
+    """
+    count = int(round(max_shift / step))
+    offsets = [k * step for k in range(-count, count + 1)]
+    best = (float(nmae(prediction, target)), 0.0, 0.0)
+    field = torch.zeros(1, 2, *prediction.shape[2:], dtype=prediction.dtype)
+    for dy in offsets:
+        for dx in offsets:
+            field[:, 0], field[:, 1] = dy, dx
+            value = float(nmae(warp(prediction, field), target))
+            if value < best[0]:
+                best = (value, dy, dx)
+    return best
 
 
 def baselines(train, test) -> dict[str, dict[str, float]]:
@@ -96,6 +130,7 @@ def sweep_model(args, mode: str, seed: int, size: tuple[int, int]):
         else None,
         smoothness_weight=args.smoothness_weight,
         correction_weight=args.correction_weight,
+        centering_weight=args.centering_weight,
     )
 
 
@@ -113,6 +148,8 @@ def train_one(args, mode: str, level: int, seed: int, train, test) -> dict:
         last_evals=args.last_evals,
         label=f"{mode:8s} level {level} seed {seed}",
     )
+    # Generator drift: the final translation's NMAE after the best global sub-pixel shift.
+    value, dy, dx = best_shift(translate_all(model, test.source), test.target, 1.0, 0.25)
     return {
         "mode": mode,
         "level": level,
@@ -120,6 +157,7 @@ def train_one(args, mode: str, level: int, seed: int, train, test) -> dict:
         "steps": args.steps,
         "seconds": seconds,
         "final": final,
+        "final_drift": {"nmae_after_best_shift": value, "best_shift_dy_dx": [dy, dx]},
         "history": history,
         "settings": settings_of(args),
     }
@@ -170,7 +208,10 @@ def settings_of(args) -> dict:
         "correction_weight",
         "affine",
     )
-    return {k: getattr(args, k) for k in keys}
+    settings = {k: getattr(args, k) for k in keys}
+    if args.centering_weight:  # only when used, so rows from before the option still match
+        settings["centering_weight"] = args.centering_weight
+    return settings
 
 
 def run(args) -> None:
@@ -220,11 +261,25 @@ def report(args) -> None:
     settings = json.loads(groups.most_common(1)[0][0])
     other_precision = dict(settings, amp=not settings["amp"])
     precision_rows = [r for r in rows if r["settings"] == other_precision]
-    rows = [r for r in rows if r["settings"] == settings]
+    # NC+R runs that differ from the table's settings only in R's options (affine head,
+    # centred correction) are our variant: a row of their own, checked like RegGAN.
+    variant_rows = [
+        dict(r, mode=VARIANT)
+        for r in rows
+        if r["mode"] == "nc+r"
+        and r["settings"] != settings
+        and _is_variant(r["settings"], settings)
+    ]
+    variant_settings = variant_rows[0]["settings"] if variant_rows else None
+    variant_rows = [r for r in variant_rows if r["settings"] == variant_settings]
+    rows = [r for r in rows if r["settings"] == settings] + variant_rows
     train, test = load_data(settings["spacing"], tuple(settings["size"]))
     trivial = baselines(train, test)
     levels = sorted({r["level"] for r in rows})
-    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    labels = dict(MODES)
+    if variant_settings is not None:
+        labels[VARIANT] = variant_label(variant_settings)
+    modes = [m for m in labels if any(r["mode"] == m for r in rows)]
 
     def cell(mode, level, key):
         values = [r["final"][key] for r in rows if r["mode"] == mode and r["level"] == level]
@@ -250,7 +305,7 @@ def report(args) -> None:
         for key, label in (("nmae", "NMAE ↓"), ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑")):
             cells = [cell(mode, lv, key) for lv in levels]
             means[(mode, key)] = [c[1] for c in cells]
-            lines.append(f"| {MODES[mode]} | {label} | " + " | ".join(c[0] for c in cells) + " |")
+            lines.append(f"| {labels[mode]} | {label} | " + " | ".join(c[0] for c in cells) + " |")
     lines += [
         "",
         "Trivial baselines (no training, independent of noise level):",
@@ -270,7 +325,14 @@ def report(args) -> None:
         f"{' '.join(map(str, levels))} --seeds {' '.join(map(str, seeds))} --modes {' '.join(modes)}"
         f" --eval-every {settings['eval_every']} --last-evals {settings['last_evals']}"
         f"{' --amp' if settings['amp'] else ''}{' --affine' if settings.get('affine') else ''}`"
-        " then `--report`",
+        " then `--report`"
+        + (
+            f"; the variant row: the same command with `--modes nc+r`"
+            f"{' --affine' if variant_settings.get('affine') else ''}"
+            f" --centering-weight {variant_settings.get('centering_weight', 0):g}`"
+            if variant_settings is not None
+            else ""
+        ),
         f"- Data: ICBM152 2009c, spacing {settings['spacing']} mm, padded/cropped to "
         f"{tuple(settings['size'])}; {len(train.source)} training / {len(test.source)} test slices.",
         f"- CycleGAN ResNet generator, base channels {settings['base_channels']}, "
@@ -283,7 +345,9 @@ def report(args) -> None:
         f"- Seeds {seeds}; total training time {seconds / 60:.0f} min (sum over runs), "
         f"torch {torch.__version__}, {platform.machine()}. {args.machine}",
     ]
-    lines += claims(means, levels)
+    lines += claims(means, levels, "nc+r", MODES["nc+r"])
+    if variant_settings is not None:
+        lines += claims(means, levels, VARIANT, labels[VARIANT])
     lines += precision_check(rows, precision_rows, settings["amp"])
     out = ROOT / "docs" / "results"
     out.mkdir(parents=True, exist_ok=True)
@@ -295,7 +359,9 @@ def report(args) -> None:
     ):
         for mode in modes:
             ys = means[(mode, key)]
-            ax.plot(levels, [np.nan if y is None else y for y in ys], marker="o", label=MODES[mode])
+            ax.plot(
+                levels, [np.nan if y is None else y for y in ys], marker="o", label=labels[mode]
+            )
         linear = next(iter(trivial.values()))[key]
         ax.axhline(linear, color="grey", linestyle="--", label="linear map")
         ax.set_xlabel("noise level")
@@ -306,13 +372,16 @@ def report(args) -> None:
     print((out / "noise_sweep.md").read_text())
 
 
-def claims(means: dict[tuple[str, str], list], levels: list[int]) -> list[str]:
-    """The paper's Table 2 claims, checked on the mean NMAE per level (lower is better)."""
-    nmae = {mode: values for (mode, key), values in means.items() if key == "nmae"}
-    ours = nmae.get("nc+r")
+def claims(
+    means: dict[tuple[str, str], list], levels: list[int], mode: str, label: str
+) -> list[str]:
+    """The paper's Table 2 claims for ``mode``, checked on the mean NMAE per level (lower is
+    better)."""
+    nmae = {m: values for (m, key), values in means.items() if key == "nmae"}
+    ours = nmae.get(mode)
     if ours is None or None in ours:
         return []
-    lines = ["", "## The paper's claims, checked on NMAE", ""]
+    lines = ["", f"## The paper's claims, checked on NMAE: {label}", ""]
     spread = (max(ours) - min(ours)) / float(np.mean(ours))
     lines.append(
         f"- RegGAN stable across noise (paper: 0.071–0.073): NMAE {min(ours):.4f}–{max(ours):.4f}, "
@@ -408,6 +477,13 @@ def main() -> None:
     )
     parser.add_argument("--correction-weight", dest="correction_weight", type=float, default=20.0)
     parser.add_argument("--smoothness-weight", dest="smoothness_weight", type=float, default=10.0)
+    parser.add_argument(
+        "--centering-weight",
+        dest="centering_weight",
+        type=float,
+        default=0.0,
+        help="weight of R's running-mean centering penalty (build_model's centering_weight; 0: off)",
+    )
     parser.add_argument("--eval-every", dest="eval_every", type=int, default=250)
     parser.add_argument("--last-evals", dest="last_evals", type=int, default=3)
     parser.add_argument("--amp", action="store_true")

@@ -18,8 +18,10 @@ from torch import Tensor, nn
 
 from ._checks import check_choice, check_float, check_positive, check_rank
 from .losses.adversarial import GAN_MODES, discriminator_loss, generator_loss
+from .losses.centering import CentredCorrection
 from .losses.correction import correction_loss
 from .losses.smoothness import smoothness_loss
+from .metrics import foreground_mask
 from .registration.regunet import RegistrationFields
 from .registration.warp import PADDING_MODES, warp
 
@@ -104,6 +106,12 @@ class RegistrationCorrection(nn.Module):
         smoothness_weight: λ of the smoothness loss (paper: 10).
         smoothness_penalty: ``"l2"`` (paper) or ``"l1"``.
         padding_mode: padding of the warp (``"border"``).
+        centering_weight: weight of the centred correction loss
+            (:class:`~regcorrect.losses.CentredCorrection`: ``G`` also matched to the target
+            under R's field minus its running mean, so that ``G`` does not drift while R hides
+            it); 0 (default, the paper) turns it off. The running mean is taken over the
+            target's foreground (``mask``, else pixels ``!= -1``) and needs R's
+            ``spatial_dims`` (read from ``reg_net``, 2 if it has none).
 
     Example:
         >>> from regcorrect import RegistrationCorrection, RegUNet
@@ -125,6 +133,7 @@ class RegistrationCorrection(nn.Module):
         smoothness_weight: float = 10.0,
         smoothness_penalty: str = "l2",
         padding_mode: str = "border",
+        centering_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if generator is not None and not callable(generator):
@@ -137,12 +146,20 @@ class RegistrationCorrection(nn.Module):
         check_positive(smoothness_weight, "smoothness_weight", strict=False)
         check_choice(smoothness_penalty, "smoothness_penalty", ("l2", "l1"))
         check_choice(padding_mode, "padding_mode", PADDING_MODES)
+        check_positive(centering_weight, "centering_weight", strict=False)
         self.generator = generator
         self.reg_net = reg_net
         self.correction_weight = float(correction_weight)
         self.smoothness_weight = float(smoothness_weight)
         self.smoothness_penalty = smoothness_penalty
         self.padding_mode = padding_mode
+        self.centering_weight = float(centering_weight)
+        # Only built when used, so default wrappers keep their state-dict keys.
+        self.centering = (
+            CentredCorrection(getattr(reg_net, "spatial_dims", 2), padding_mode=padding_mode)
+            if centering_weight > 0
+            else None
+        )
 
     def register(self, moving: Tensor, fixed: Tensor) -> RegistrationFields:
         """Run ``reg_net`` on ``cat([moving, fixed], dim=1)``; return the field and its parts."""
@@ -203,6 +220,12 @@ class RegistrationCorrection(nn.Module):
             * smoothness_loss(fields.residual, self.smoothness_penalty),
         }
         total = losses["correction"] + losses["smoothness"]
+        if self.centering is not None:
+            weights = foreground_mask(target, mask).any(dim=1, keepdim=True)
+            losses["centering"] = self.centering_weight * self.centering(
+                translated, target, fields.displacement, weights, mask
+            )
+            total = total + losses["centering"]
         return CorrectionOutput(
             translated=translated,
             registered=registered,

@@ -62,14 +62,14 @@ def test_noise_sweep_claims_are_checked_both_ways() -> None:
         ("pix2pix", "nmae"): [0.075, 0.10, 0.15],
         ("c", "nmae"): [0.08, 0.08, 0.09],
     }
-    text = "\n".join(claims(holding, levels))
+    text = "\n".join(claims(holding, levels, "nc+r", "RegGAN (NC+R)"))
     assert "does not hold" not in text and text.count("holds") == 5
     failing = {
         ("nc+r", "nmae"): [0.090, 0.071, 0.120],  # unstable, worse at 0, worse than C at 2
         ("pix2pix", "nmae"): [0.075, 0.10, 0.15],
         ("c", "nmae"): [0.08, 0.08, 0.11],
     }
-    lines = claims(failing, levels)
+    lines = claims(failing, levels, "nc+r", "RegGAN (NC+R)")
     verdicts = {line.split(":")[0]: line.rsplit("—", 1)[1].strip(" .") for line in lines[3:]}
     assert verdicts == {
         "- RegGAN stable across noise (paper": "does not hold (criterion: spread ≤ 10 %)",
@@ -80,12 +80,29 @@ def test_noise_sweep_claims_are_checked_both_ways() -> None:
     }
 
 
+def test_noise_sweep_variant_rows_are_checked_under_their_own_label() -> None:
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from noise_sweep import VARIANT, _is_variant, claims, variant_label
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    base = {"steps": 800, "affine": False, "lr": 2e-4}
+    ours = {"steps": 800, "affine": True, "lr": 2e-4, "centering_weight": 10.0}
+    assert _is_variant(ours, base) and _is_variant(base, base)
+    assert not _is_variant(dict(ours, steps=400), base)  # another protocol is not a variant
+    assert variant_label(ours) == "RegGAN + affine R + centred correction 10"
+    means = {(VARIANT, "nmae"): [0.07, 0.071], ("pix2pix", "nmae"): [0.075, 0.1]}
+    lines = claims(means, [0, 1], VARIANT, variant_label(ours))
+    assert lines[1] == "## The paper's claims, checked on NMAE: " + variant_label(ours)
+    assert claims(means, [0, 1], "nc+r", "RegGAN") == []  # no rows of that mode
+
+
 def test_generator_drift_finds_a_known_shift() -> None:
     import torch
 
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        from generator_drift import best_shift
+        from noise_sweep import best_shift
     finally:
         sys.path.remove(str(BENCHMARKS))
     from regcorrect import warp

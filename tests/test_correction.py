@@ -14,6 +14,7 @@ from torch import nn
 
 from regcorrect import CorrectionOutput, RegistrationCorrection, RegUNet, warp
 from regcorrect.losses import (
+    centred_correction_loss,
     correction_loss,
     discriminator_loss,
     generator_loss,
@@ -310,6 +311,43 @@ class TestRegistrationCorrection:
         assert out.registered.dtype == out.translated.dtype
         out.total.backward()
         assert all(p.grad is not None for p in model.generator.parameters())
+
+    def test_centering_weight_adds_the_centred_term(self):
+        reg_net = RegUNet(channels=SMALL)
+        model = RegistrationCorrection(tiny_generator(), reg_net, centering_weight=3.0)
+        assert RegistrationCorrection(tiny_generator(), reg_net).centering is None
+        model.centering.running_mean.copy_(torch.tensor([0.5, -0.25]))
+        source, target = images()
+        target[:, :, :4] = -1.0  # background rows are left out of the running mean
+        out = model(source, target)
+        expected = 3.0 * centred_correction_loss(
+            out.translated, target, out.displacement, torch.tensor([0.5, -0.25])
+        )
+        torch.testing.assert_close(out.losses["centering"], expected)
+        torch.testing.assert_close(
+            out.total, out.losses["correction"] + out.losses["smoothness"] + expected
+        )
+        foreground = out.displacement.detach()[:, :, 4:].mean(dim=(0, 2, 3))
+        torch.testing.assert_close(
+            model.centering.running_mean,
+            0.98 * torch.tensor([0.5, -0.25]) + 0.02 * foreground,
+        )
+        model.zero_grad()
+        out.losses["centering"].backward()
+        assert all(p.grad is None for p in reg_net.parameters())  # G only
+        assert all(p.grad is not None for p in model.generator.parameters())
+
+    def test_centering_in_3d_and_errors(self):
+        model = RegistrationCorrection(
+            nn.Conv3d(1, 1, 3, padding=1),
+            RegUNet(spatial_dims=3, channels=(4, 8)),
+            centering_weight=1.0,
+        )
+        out = model(torch.rand(1, 1, 8, 8, 8), torch.rand(1, 1, 8, 8, 8))
+        assert model.centering.running_mean.shape == (3,)
+        out.total.backward()
+        with pytest.raises(ValueError, match="centering_weight"):
+            RegistrationCorrection(tiny_generator(), RegUNet(channels=SMALL), centering_weight=-1)
 
 
 class TestTrainingStep:

@@ -25,6 +25,7 @@ WITH_EXAMPLES = [
     "regcorrect.losses.smoothness",
     "regcorrect.losses.adversarial",
     "regcorrect.losses.cycle",
+    "regcorrect.losses.centering",
     "regcorrect.registration.regunet",
 ]
 

@@ -11,6 +11,7 @@ import torch
 
 from regcorrect import MODES, TranslationModel, build_model
 from regcorrect.backbones import METHODS, CycleGAN
+from regcorrect.losses import centred_correction_loss
 from regcorrect.modes import ReplayBuffer
 
 TINY: dict[str, dict[str, Any]] = {
@@ -310,3 +311,47 @@ def test_compile_wraps_every_trained_network_and_keeps_weights(method: str) -> N
     after = model.state_dict()
     assert after.keys() == before.keys()
     assert all(torch.equal(after[k], before[k]) for k in before)
+
+
+class TestCentering:
+    def test_opt_in_keeps_the_default_state_dict(self) -> None:
+        plain = tiny_model("cyclegan", "nc+r")
+        assert plain.centering is None
+        assert "centering" not in plain.train_step(images(), images())
+        assert not any(key.startswith("centering") for key in plain.state_dict())
+        model = tiny_model("cyclegan", "nc+r", centering_weight=5.0)
+        assert "centering.running_mean" in model.state_dict()
+        assert tiny_model("cyclegan", "nc", centering_weight=5.0).centering is None  # no R
+
+    def test_term_is_the_weighted_centred_loss_and_tracks_the_foreground(self) -> None:
+        model = tiny_model("cyclegan", "nc+r", centering_weight=5.0)
+        model.centering.running_mean.copy_(torch.tensor([0.4, -0.2]))
+        seen: list[tuple[torch.Tensor, ...]] = []
+        model.centering.register_forward_hook(lambda _m, args, _out: seen.append(args))
+        target = images()
+        target[:, :, :8] = -1.0  # background rows: outside the running mean
+        losses = model.train_step(images(), target)
+        translated, _, field, weights, _ = (a.detach() if a is not None else a for a in seen[0])
+        torch.testing.assert_close(weights, target != -1.0)
+        offset = torch.tensor([0.4, -0.2])
+        expected = 5.0 * centred_correction_loss(translated, target, field, offset)
+        assert losses["centering"] == pytest.approx(float(expected), rel=1e-5)
+        momentum = model.centering.momentum
+        batch_mean = field[:, :, 8:].mean(dim=(0, 2, 3))
+        torch.testing.assert_close(
+            model.centering.running_mean, (1 - momentum) * offset + momentum * batch_mean
+        )
+
+    def test_gives_the_generator_gradient_and_r_none(self) -> None:
+        """The centred term alone: gradients in G, none in R (its field is detached)."""
+        model = tiny_model("cyclegan", "nc+r", centering_weight=1.0)
+        source, target = images(), images()
+        _, losses = model._generator_losses(source, target, None)
+        losses["centering"].backward()
+        generator = model.backbone.generators()["generator"]
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in generator.parameters())
+        assert all(p.grad is None for p in model.registration.parameters())
+
+    def test_negative_weight_is_an_error(self) -> None:
+        with pytest.raises(ValueError, match="centering_weight"):
+            tiny_model("cyclegan", "nc+r", centering_weight=-1.0)

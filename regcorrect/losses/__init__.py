@@ -1,6 +1,8 @@
-"""Loss functions of RegGAN: correction (Eq. 7), smoothness (Eq. 8), adversarial (Eq. 1/9), cycle."""
+"""Loss functions of RegGAN: correction (Eq. 7), smoothness (Eq. 8), adversarial (Eq. 1/9), cycle,
+and the centred correction (ours, opt-in)."""
 
 from .adversarial import GAN_MODES, GANLoss, discriminator_loss, generator_loss
+from .centering import CentredCorrection, batch_mean_displacement, centred_correction_loss
 from .correction import CorrectionLoss, correction_loss
 from .cycle import CycleLoss, cycle_loss
 from .smoothness import BendingEnergy, SmoothnessLoss, bending_energy, smoothness_loss
@@ -18,4 +20,7 @@ __all__ = [
     "discriminator_loss",
     "cycle_loss",
     "CycleLoss",
+    "centred_correction_loss",
+    "CentredCorrection",
+    "batch_mean_displacement",
 ]

@@ -60,6 +60,7 @@ def build_from_config(
             betas=(float(config.betas[0]), float(config.betas[1])),
             correction_weight=config.correction_weight,
             smoothness_weight=config.smoothness_weight,
+            centering_weight=config.centering_weight,
             registration=registration,
             replay_buffer_size=config.replay_buffer_size,
             total_steps=total_steps if decay_start is not None else None,

@@ -81,6 +81,8 @@ class TrainingConfig:
         adversarial_weight, cycle_weight: the method's adversarial and cycle weights
             (``None``: the method's default).
         correction_weight, smoothness_weight: the +R loss weights (paper: 20, 10).
+        centering_weight: weight of the running-mean centering penalty on R's field (+R modes;
+            0, the default and the paper, turns it off; see ``docs/training.md``).
         replay_buffer_size: discriminator history (official code: 50; 0 = off).
 
     Data:
@@ -123,6 +125,7 @@ class TrainingConfig:
     cycle_weight: float | None = None
     correction_weight: float = 20.0
     smoothness_weight: float = 10.0
+    centering_weight: float = 0.0
     replay_buffer_size: int = 50
     data: str | list[str] = "icbm152"
     test_data: str | list[str] | None = None
@@ -193,6 +196,7 @@ class TrainingConfig:
         for name in (
             "correction_weight",
             "smoothness_weight",
+            "centering_weight",
             "adversarial_weight",
             "cycle_weight",
         ):

@@ -89,6 +89,7 @@ class TestTrainingConfig:
             ("device", "tpu", "device must be one of"),
             ("spacing", 0, "spacing must be"),
             ("correction_weight", -1, "correction_weight must be a number >= 0"),
+            ("centering_weight", -0.5, "centering_weight must be a number >= 0"),
             ("backbone", [1, 2], "backbone must be a mapping"),
             ("test_fraction", 1.0, "test_fraction"),
         ],

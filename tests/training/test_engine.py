@@ -130,6 +130,11 @@ class TestBuildFromConfig:
         }
         assert (model.backbone.adversarial_weight, model.backbone.cycle_weight) == (2.0, 5.0)
 
+    def test_centering_weight_reaches_the_model(self) -> None:
+        model = build_from_config(tiny_config(None, mode="nc+r", centering_weight=4.0), (32, 32))
+        assert model.centering_weight == 4.0 and model.centering is not None
+        assert build_from_config(tiny_config(None, mode="nc+r"), (32, 32)).centering is None
+
     def test_pix2pix_ignores_the_cycle_weight(self) -> None:
         model = build_from_config(tiny_config(None, mode="pix2pix", cycle_weight=3.0), (32, 32))
         assert model.mode == "pix2pix"

@@ -31,8 +31,10 @@ def train_in_two_halves(tmp_path, **changes) -> Trainer:
         {"mode": "nc+r", "steps": 6, "decay_start": 2, "paired": False},
         # cyclic mode: two generators, two discriminators, two replay buffers
         {"mode": "c+r", "steps": 4},
+        # the centred correction's running mean is state too
+        {"mode": "nc+r", "steps": 4, "centering_weight": 5.0},
     ],
-    ids=["nc+r", "c+r"],
+    ids=["nc+r", "c+r", "nc+r-centred"],
 )
 def test_resume_is_bit_identical(tmp_path, changes) -> None:
     whole = tiny_trainer(tmp_path / "whole", **changes)
