@@ -434,7 +434,9 @@ def build_model(
             ``{}``: the paper's R (adaptive depth, whole-image receptive field). ``{"affine":
             True}`` adds a global affine head that absorbs large (mostly affine) misalignments
             at once; in short runs on well-aligned data it can drift into a constant sub-pixel
-            shift that the generator then exploits (see ``docs/training.md``), so it is opt-in.
+            shift that the generator then exploits (see ``docs/training.md``), so it is opt-in;
+            pair it with ``centering_weight`` (the noise sweep uses 10), which removes that
+            incentive.
         replay_buffer_size: discriminator history size (CycleGAN: 50; 0 = off).
         total_steps, decay_start: linear learning-rate decay to 0 from ``decay_start`` (default
             ``total_steps // 2``) to ``total_steps``; ``None`` = constant.
