@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ._checks import check_choice, check_float, check_positive, check_rank
 from .losses.adversarial import GAN_MODES, discriminator_loss, generator_loss
-from .losses.centering import CentredCorrection
+from .losses.centering import CenteredCorrection
 from .losses.correction import correction_loss
 from .losses.smoothness import smoothness_loss
 from .metrics import foreground_mask
@@ -107,7 +107,7 @@ class RegistrationCorrection(nn.Module):
         smoothness_penalty: ``"l2"`` (paper) or ``"l1"``.
         padding_mode: padding of the warp (``"border"``).
         centering_weight: weight of the centred correction loss
-            (:class:`~regcorrect.losses.CentredCorrection`: ``G`` also matched to the target
+            (:class:`~regcorrect.losses.CenteredCorrection`: ``G`` also matched to the target
             under R's field minus its running mean, so that ``G`` does not drift while R hides
             it); 0 (default, the paper) turns it off. The running mean is taken over the
             target's foreground (``mask``, else pixels ``!= -1``) and needs R's
@@ -156,7 +156,7 @@ class RegistrationCorrection(nn.Module):
         self.centering_weight = float(centering_weight)
         # Only built when used, so default wrappers keep their state-dict keys.
         self.centering = (
-            CentredCorrection(getattr(reg_net, "spatial_dims", 2), padding_mode=padding_mode)
+            CenteredCorrection(getattr(reg_net, "spatial_dims", 2), padding_mode=padding_mode)
             if centering_weight > 0
             else None
         )

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from ._checks import check_choice, check_float, check_positive, check_rank
 from .backbones import METHODS, GeneratorOutput, Pix2Pix, TranslationBackbone
 from .correction import frozen, run_registration
-from .losses.centering import CentredCorrection
+from .losses.centering import CenteredCorrection
 from .losses.correction import correction_loss
 from .losses.smoothness import smoothness_loss
 from .metrics import foreground_mask
@@ -114,7 +114,7 @@ class TranslationModel(nn.Module):
     Attributes:
         backbone: the method's networks (:class:`~regcorrect.backbones.TranslationBackbone`).
         registration: the registration network R (+R modes) or ``None``.
-        centering: the :class:`~regcorrect.losses.CentredCorrection` of ``centering_weight > 0``
+        centering: the :class:`~regcorrect.losses.CenteredCorrection` of ``centering_weight > 0``
             in +R modes (its running mean is part of the state dict), else ``None``.
         optimizers: ``"generator"``, ``"discriminator"`` and, in +R modes, ``"registration"``.
         schedulers: one ``LambdaLR`` per optimizer (constant unless ``total_steps`` is given).
@@ -157,7 +157,7 @@ class TranslationModel(nn.Module):
         self.centering_weight = float(centering_weight)
         # Only built when used, so default models keep the paper's state-dict keys.
         self.centering = (
-            CentredCorrection(spatial_dims=2)
+            CenteredCorrection(spatial_dims=2)
             if registration is not None and centering_weight > 0
             else None
         )
@@ -425,7 +425,7 @@ def build_model(
         learning_rate, betas: Adam settings (paper: 1e-4, (0.5, 0.999)).
         correction_weight, smoothness_weight: +R loss weights (paper: 20, 10).
         centering_weight: weight of the centred correction loss in +R modes
-            (:class:`~regcorrect.losses.CentredCorrection`, ours): ``G`` is also matched to the
+            (:class:`~regcorrect.losses.CenteredCorrection`, ours): ``G`` is also matched to the
             target under R's field minus its running mean over the target's foreground, so a
             persistent shift of R's field cannot hide a drift of ``G``. 0 (default, the paper)
             turns it off; the noise sweep uses 10 with ``registration={"affine": True}``

@@ -14,7 +14,7 @@ from torch import nn
 
 from regcorrect import CorrectionOutput, RegistrationCorrection, RegUNet, warp
 from regcorrect.losses import (
-    centred_correction_loss,
+    centered_correction_loss,
     correction_loss,
     discriminator_loss,
     generator_loss,
@@ -320,7 +320,7 @@ class TestRegistrationCorrection:
         source, target = images()
         target[:, :, :4] = -1.0  # background rows are left out of the running mean
         out = model(source, target)
-        expected = 3.0 * centred_correction_loss(
+        expected = 3.0 * centered_correction_loss(
             out.translated, target, out.displacement, torch.tensor([0.5, -0.25])
         )
         torch.testing.assert_close(out.losses["centering"], expected)

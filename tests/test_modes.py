@@ -11,7 +11,7 @@ import torch
 
 from regcorrect import MODES, TranslationModel, build_model
 from regcorrect.backbones import METHODS, CycleGAN
-from regcorrect.losses import centred_correction_loss
+from regcorrect.losses import centered_correction_loss
 from regcorrect.modes import ReplayBuffer
 
 TINY: dict[str, dict[str, Any]] = {
@@ -334,7 +334,7 @@ class TestCentering:
         translated, _, field, weights, _ = (a.detach() if a is not None else a for a in seen[0])
         torch.testing.assert_close(weights, target != -1.0)
         offset = torch.tensor([0.4, -0.2])
-        expected = 5.0 * centred_correction_loss(translated, target, field, offset)
+        expected = 5.0 * centered_correction_loss(translated, target, field, offset)
         assert losses["centering"] == pytest.approx(float(expected), rel=1e-5)
         momentum = model.centering.momentum
         batch_mean = field[:, :, 8:].mean(dim=(0, 2, 3))

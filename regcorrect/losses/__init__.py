@@ -2,7 +2,7 @@
 and the centred correction (ours, opt-in)."""
 
 from .adversarial import GAN_MODES, GANLoss, discriminator_loss, generator_loss
-from .centering import CentredCorrection, batch_mean_displacement, centred_correction_loss
+from .centering import CenteredCorrection, batch_mean_displacement, centered_correction_loss
 from .correction import CorrectionLoss, correction_loss
 from .cycle import CycleLoss, cycle_loss
 from .smoothness import BendingEnergy, SmoothnessLoss, bending_energy, smoothness_loss
@@ -20,7 +20,7 @@ __all__ = [
     "discriminator_loss",
     "cycle_loss",
     "CycleLoss",
-    "centred_correction_loss",
-    "CentredCorrection",
+    "centered_correction_loss",
+    "CenteredCorrection",
     "batch_mean_displacement",
 ]

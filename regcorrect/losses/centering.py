@@ -7,7 +7,7 @@ also blurs (bilinear sampling averages neighbours), which hides high-frequency a
 diagonal) and the generator, scored without R, was off by as much (``docs/training.md``).
 
 The paper's misalignment is zero-mean over the data, so averaged over many batches the field
-of a good R has no constant part; a persistent mean is drift. :class:`CentredCorrection` keeps
+of a good R has no constant part; a persistent mean is drift. :class:`CenteredCorrection` keeps
 a running mean ``m`` of the field's (foreground-weighted) batch mean and adds
 
 .. math:: \\mathcal{L}_{centre} = \\lVert \\tilde y - G(x) \\circ \\operatorname{sg}(\\phi - m)
@@ -31,7 +31,7 @@ from .._checks import check_displacement, check_positive, check_spatial_dims, ch
 from ..registration.warp import PADDING_MODES, warp
 from .correction import correction_loss
 
-__all__ = ["batch_mean_displacement", "centred_correction_loss", "CentredCorrection"]
+__all__ = ["batch_mean_displacement", "centered_correction_loss", "CenteredCorrection"]
 
 
 def _check_weights(weights: Tensor | None, displacement: Tensor) -> None:
@@ -85,7 +85,7 @@ def batch_mean_displacement(displacement: Tensor, weights: Tensor | None = None)
     return reduce(field * w, "b n ... -> n", "sum") / total
 
 
-def centred_correction_loss(
+def centered_correction_loss(
     translated: Tensor,
     target: Tensor,
     displacement: Tensor,
@@ -115,7 +115,7 @@ def centred_correction_loss(
         >>> image[..., 2:4, 2:4] = 1.0
         >>> shift = torch.zeros(1, 2, 6, 6)
         >>> shift[:, 1] = 1.0  # R's field: everything moves one pixel, all of it drift
-        >>> centred_correction_loss(image, image, shift, torch.tensor([0.0, 1.0]))
+        >>> centered_correction_loss(image, image, shift, torch.tensor([0.0, 1.0]))
         tensor(0.)
     """
     n = check_displacement(displacement, "displacement")
@@ -129,8 +129,8 @@ def centred_correction_loss(
     return correction_loss(warp(translated, field, padding_mode=padding_mode), target, mask)
 
 
-class CentredCorrection(nn.Module):
-    """:func:`centred_correction_loss` against a running mean of the field (a buffer).
+class CenteredCorrection(nn.Module):
+    """:func:`centered_correction_loss` against a running mean of the field (a buffer).
 
     In training mode each call uses the running mean of the *earlier* batches as the offset,
     then folds this batch's (detached, ``weights``-weighted) mean field into it; in eval mode
@@ -144,7 +144,7 @@ class CentredCorrection(nn.Module):
         padding_mode: padding of the warp.
 
     Example:
-        >>> centring = CentredCorrection(2)
+        >>> centring = CenteredCorrection(2)
         >>> image, field = torch.rand(2, 1, 8, 8), torch.full((2, 2, 8, 8), 0.5)
         >>> loss = centring(image, image, field)
         >>> centring.running_mean
@@ -199,7 +199,7 @@ class CentredCorrection(nn.Module):
                     dist.all_reduce(mean)
                     mean /= dist.get_world_size()
                 self.running_mean.lerp_(mean.to(self.running_mean), self.momentum)
-        return centred_correction_loss(
+        return centered_correction_loss(
             translated, target, displacement, offset, mask, padding_mode=self.padding_mode
         )
 

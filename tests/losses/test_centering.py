@@ -9,9 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from regcorrect.losses import (
-    CentredCorrection,
+    CenteredCorrection,
     batch_mean_displacement,
-    centred_correction_loss,
+    centered_correction_loss,
     correction_loss,
 )
 from regcorrect.registration import warp
@@ -70,7 +70,7 @@ def test_weights_errors_name_the_argument():
         batch_mean_displacement(torch.zeros(1, 2, 4, 4), [1.0])
 
 
-# ------------------------------------------------------------------ centred_correction_loss
+# ------------------------------------------------------------------ centered_correction_loss
 @given(
     shift=st.tuples(st.integers(-2, 2), st.integers(-2, 2)),
     offset=st.tuples(st.integers(-2, 2), st.integers(-2, 2)),
@@ -84,7 +84,7 @@ def test_integer_shifts_against_numpy_roll(shift, offset, seed):
     field = constant_field(2, shift, (12, 11))
     interior = torch.zeros(1, 1, 12, 11, dtype=torch.float64)
     interior[..., 4:-4, 4:-4] = 1.0
-    value = centred_correction_loss(
+    value = centered_correction_loss(
         translated, target, field, torch.tensor(offset, dtype=torch.float64), interior
     )
     dy, dx = shift[0] - offset[0], shift[1] - offset[1]
@@ -99,7 +99,7 @@ def test_zero_offset_is_the_correction_loss_of_the_warped_image():
     field = torch.randn(2, 2, 9, 10)
     expected = correction_loss(warp(translated, field), target)
     torch.testing.assert_close(
-        centred_correction_loss(translated, target, field, torch.zeros(2)), expected
+        centered_correction_loss(translated, target, field, torch.zeros(2)), expected
     )
 
 
@@ -108,40 +108,40 @@ def test_gradient_reaches_the_translation_only():
     target = torch.rand(1, 1, 7, 8, dtype=torch.float64)
     field = (torch.randn(1, 2, 7, 8, dtype=torch.float64) * 0.7).requires_grad_()
     offset = torch.tensor([0.3, -0.2], dtype=torch.float64, requires_grad=True)
-    centred_correction_loss(translated, target, field, offset).backward()
+    centered_correction_loss(translated, target, field, offset).backward()
     assert translated.grad is not None and translated.grad.abs().sum() > 0
     assert field.grad is None and offset.grad is None
     assert torch.autograd.gradcheck(
-        lambda image: centred_correction_loss(image, target, field, offset), (translated,)
+        lambda image: centered_correction_loss(image, target, field, offset), (translated,)
     )
 
 
 def test_loss_errors_name_the_argument():
     image = torch.rand(1, 1, 4, 4)
     with pytest.raises(ValueError, match=r"offset must have shape \(2,\).*\(3,\)"):
-        centred_correction_loss(image, image, torch.zeros(1, 2, 4, 4), torch.zeros(3))
+        centered_correction_loss(image, image, torch.zeros(1, 2, 4, 4), torch.zeros(3))
     with pytest.raises(TypeError, match="offset"):
-        centred_correction_loss(image, image, torch.zeros(1, 2, 4, 4), (0.0, 0.0))
+        centered_correction_loss(image, image, torch.zeros(1, 2, 4, 4), (0.0, 0.0))
     with pytest.raises(ValueError, match="displacement"):
-        centred_correction_loss(image, image, torch.zeros(1, 3, 4, 4), torch.zeros(3))
+        centered_correction_loss(image, image, torch.zeros(1, 3, 4, 4), torch.zeros(3))
 
 
-# ------------------------------------------------------------------ CentredCorrection
+# ------------------------------------------------------------------ CenteredCorrection
 def test_module_uses_earlier_batches_then_updates():
-    centring = CentredCorrection(2, momentum=0.5)
+    centring = CenteredCorrection(2, momentum=0.5)
     image, target = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8)
     first = constant_field(2, (1.0, -2.0), (8, 8)).float()
-    expected = centred_correction_loss(image, target, first, torch.zeros(2))
+    expected = centered_correction_loss(image, target, first, torch.zeros(2))
     torch.testing.assert_close(centring(image, target, first), expected)  # offset 0 at first
     torch.testing.assert_close(centring.running_mean, torch.tensor([0.5, -1.0]))
     second = constant_field(1, (2.0, 2.0), (8, 8)).float()
-    expected = centred_correction_loss(image[:1], target[:1], second, torch.tensor([0.5, -1.0]))
+    expected = centered_correction_loss(image[:1], target[:1], second, torch.tensor([0.5, -1.0]))
     torch.testing.assert_close(centring(image[:1], target[:1], second), expected)
     torch.testing.assert_close(centring.running_mean, torch.tensor([1.25, 0.5]))
 
 
 def test_module_weights_and_eval_mode():
-    centring = CentredCorrection(3, momentum=1.0)
+    centring = CenteredCorrection(3, momentum=1.0)
     image = torch.rand(1, 1, 4, 5, 6)
     field = torch.zeros(1, 3, 4, 5, 6)
     field[:, :, :2] = 2.0
@@ -160,7 +160,7 @@ def test_running_mean_is_unbiased_for_zero_mean_misalignment_and_finds_a_drift()
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(4, 1, 8, 8)
     for drift, tolerance in ((0.0, 0.2), (0.75, 0.2)):
-        centring = CentredCorrection(2, momentum=0.02)
+        centring = CenteredCorrection(2, momentum=0.02)
         history = []
         for _ in range(600):
             shifts = torch.randn(4, 2, 1, 1, generator=generator) * 3.0 + drift
@@ -172,13 +172,13 @@ def test_running_mean_is_unbiased_for_zero_mean_misalignment_and_finds_a_drift()
 
 def test_module_argument_errors():
     with pytest.raises(ValueError, match="momentum"):
-        CentredCorrection(2, momentum=0.0)
+        CenteredCorrection(2, momentum=0.0)
     with pytest.raises(ValueError, match="momentum"):
-        CentredCorrection(2, momentum=1.5)
+        CenteredCorrection(2, momentum=1.5)
     with pytest.raises(ValueError, match="spatial_dims"):
-        CentredCorrection(4)
+        CenteredCorrection(4)
     with pytest.raises(ValueError, match="padding_mode"):
-        CentredCorrection(2, padding_mode="wrap")
+        CenteredCorrection(2, padding_mode="wrap")
     image = torch.rand(1, 1, 4, 4)
     with pytest.raises(ValueError, match=r"3 channels.*\(1, 2, 4, 4\)"):
-        CentredCorrection(3)(image, image, torch.zeros(1, 2, 4, 4))
+        CenteredCorrection(3)(image, image, torch.zeros(1, 2, 4, 4))
