@@ -23,7 +23,14 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from noise_sweep import best_shift, fit, load_data, sweep_model, translate_all  # noqa: E402
+from noise_sweep import (
+    add_model_arguments,
+    best_shift,
+    fit,
+    load_data,
+    sweep_model,
+    translate_all,
+)  # noqa: E402
 
 from regcorrect.data import Misalignment  # noqa: E402
 from regcorrect.metrics import nmae  # noqa: E402
@@ -37,18 +44,7 @@ def main() -> None:
     parser.add_argument("--level", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=800)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--spacing", type=float, default=2.0)
-    parser.add_argument("--size", type=int, nargs=2, default=[112, 96])
-    parser.add_argument("--base-channels", dest="base_channels", type=int, default=32)
-    parser.add_argument("--residual-blocks", dest="residual_blocks", type=int, default=6)
-    parser.add_argument(
-        "--reg-channels", dest="reg_channels", type=int, nargs="+", default=[16, 32, 32, 32, 32, 32]
-    )
-    parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--correction-weight", dest="correction_weight", type=float, default=20.0)
-    parser.add_argument("--smoothness-weight", dest="smoothness_weight", type=float, default=10.0)
-    parser.add_argument("--centering-weight", dest="centering_weight", type=float, default=0.0)
+    add_model_arguments(parser)
     parser.set_defaults(amp=True, affine=False)  # as the committed sweep: bf16, paper R
     parser.add_argument("--max-shift", dest="max_shift", type=float, default=2.0)
     parser.add_argument("--shift-step", dest="shift_step", type=float, default=0.25)

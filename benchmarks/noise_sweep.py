@@ -493,16 +493,10 @@ def precision_check(rows: list[dict], other: list[dict], amp: bool) -> list[str]
     return lines
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--steps", type=int, default=1500)
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, network and loss options that :func:`sweep_model` and :func:`fit` read."""
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--lr", type=float, default=2e-4)
-    parser.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--modes", nargs="+", default=["pix2pix", "c", "nc+r"], choices=list(MODES))
     parser.add_argument("--spacing", type=float, default=2.0)
     parser.add_argument("--size", type=int, nargs=2, default=[112, 96])
     parser.add_argument("--base-channels", dest="base_channels", type=int, default=32)
@@ -517,8 +511,19 @@ def main() -> None:
         dest="centering_weight",
         type=float,
         default=0.0,
-        help="weight of R's running-mean centering penalty (build_model's centering_weight; 0: off)",
+        help="weight of the centred correction loss (build_model's centering_weight; 0: off)",
     )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--levels", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--modes", nargs="+", default=["pix2pix", "c", "nc+r"], choices=list(MODES))
+    add_model_arguments(parser)
     parser.add_argument("--eval-every", dest="eval_every", type=int, default=250)
     parser.add_argument("--last-evals", dest="last_evals", type=int, default=3)
     parser.add_argument("--amp", action="store_true")

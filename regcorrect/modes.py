@@ -270,7 +270,8 @@ class TranslationModel(nn.Module):
             losses = {name: value.float() for name, value in out.losses.items()}
             if self.registration is not None:
                 fields = self.register(out.translated, target)
-                registered = warp(out.translated.float(), fields.displacement.float())
+                translated = out.translated.float()
+                registered = warp(translated, fields.displacement.float())
                 losses["correction"] = self.correction_weight * correction_loss(
                     registered, target, mask
                 )
@@ -282,7 +283,7 @@ class TranslationModel(nn.Module):
                     # tracked over the target's foreground (or the given mask).
                     weights = foreground_mask(target, mask).any(dim=1, keepdim=True)
                     losses["centering"] = self.centering_weight * self.centering(
-                        out.translated.float(), target, fields.displacement.float(), weights, mask
+                        translated, target, fields.displacement.float(), weights, mask
                     )
         return out, losses
 

@@ -27,7 +27,13 @@ import torch.distributed as dist
 from einops import reduce, repeat
 from torch import Tensor, nn
 
-from .._checks import check_displacement, check_positive, check_spatial_dims, check_tensor
+from .._checks import (
+    check_choice,
+    check_displacement,
+    check_positive,
+    check_spatial_dims,
+    check_tensor,
+)
 from ..registration.warp import PADDING_MODES, warp
 from .correction import correction_loss
 
@@ -161,8 +167,7 @@ class CenteredCorrection(nn.Module):
         check_positive(momentum, "momentum")
         if momentum > 1:
             raise ValueError(f"momentum must be in (0, 1], got {momentum}")
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        check_choice(padding_mode, "padding_mode", PADDING_MODES)
         self.spatial_dims = spatial_dims
         self.momentum = float(momentum)
         self.padding_mode = padding_mode
