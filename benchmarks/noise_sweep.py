@@ -30,6 +30,7 @@ import torch
 from regcorrect import build_model, warp
 from regcorrect.data import Misalignment, icbm152
 from regcorrect.metrics import nmae, psnr, ssim
+from regcorrect.registration import AFFINE_FEATURES
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {
@@ -39,7 +40,7 @@ MODES = {
     "nc+r": "RegGAN (NC+R)",
 }
 VARIANT = "nc+r ours"
-VARIANT_KEYS = ("affine", "centering_weight")
+VARIANT_KEYS = ("affine", "affine_features", "reg_passes", "centering_weight")
 
 
 def _is_variant(theirs: dict, ours: dict) -> bool:
@@ -49,10 +50,37 @@ def _is_variant(theirs: dict, ours: dict) -> bool:
 
 
 def variant_label(settings: dict) -> str:
-    parts = ["affine R"] if settings.get("affine") else []
+    parts = []
+    if settings.get("affine"):
+        # rows from before the option used the bottleneck-mean head
+        head = settings.get("affine_features", "mean")
+        parts.append("affine R" + (" (mean-pooled head)" if head == "mean" else ""))
+    if settings.get("reg_passes", 1) > 1:
+        parts.append(f"{settings['reg_passes']} passes of R")
     if settings.get("centering_weight"):
         parts.append(f"centred correction {settings['centering_weight']:g}")
     return "RegGAN + " + " + ".join(parts) if parts else "RegGAN (variant)"
+
+
+def group_variants(rows: list[dict], settings: dict) -> tuple[dict[str, dict], list[dict]]:
+    """The NC+R rows that differ from the table's ``settings`` only in R's options.
+
+    Returns ``{mode key: settings}`` (keys ``"nc+r ours 1"``, ``"nc+r ours 2"``, … in order of
+    first appearance) and those rows with ``mode`` set to their key.
+    """
+    variants: dict[str, dict] = {}
+    variant_rows = []
+    for r in rows:
+        if r["mode"] != "nc+r" or r["settings"] == settings:
+            continue
+        if not _is_variant(r["settings"], settings):
+            continue
+        key = next((k for k, v in variants.items() if v == r["settings"]), None)
+        if key is None:
+            key = f"{VARIANT} {len(variants) + 1}"
+            variants[key] = r["settings"]
+        variant_rows.append(dict(r, mode=key))
+    return variants, variant_rows
 
 
 def load_data(spacing: float, size: tuple[int, int]):
@@ -125,7 +153,12 @@ def sweep_model(args, mode: str, seed: int, size: tuple[int, int]):
         base_channels=args.base_channels,
         num_residual_blocks=args.residual_blocks,
         discriminator_channels=args.base_channels,
-        registration={"channels": tuple(args.reg_channels), "affine": args.affine}
+        registration={
+            "channels": tuple(args.reg_channels),
+            "affine": args.affine,
+            "affine_features": args.affine_features,
+            "passes": args.reg_passes,
+        }
         if mode.endswith("+r")
         else None,
         smoothness_weight=args.smoothness_weight,
@@ -209,7 +242,12 @@ def settings_of(args) -> dict:
         "affine",
     )
     settings = {k: getattr(args, k) for k in keys}
-    if args.centering_weight:  # only when used, so rows from before the option still match
+    # only when used, so rows from before these options still match
+    if args.affine:
+        settings["affine_features"] = args.affine_features
+    if args.reg_passes > 1:
+        settings["reg_passes"] = args.reg_passes
+    if args.centering_weight:
         settings["centering_weight"] = args.centering_weight
     return settings
 
@@ -263,22 +301,13 @@ def report(args) -> None:
     precision_rows = [r for r in rows if r["settings"] == other_precision]
     # NC+R runs that differ from the table's settings only in R's options (affine head,
     # centred correction) are our variant: a row of their own, checked like RegGAN.
-    variant_rows = [
-        dict(r, mode=VARIANT)
-        for r in rows
-        if r["mode"] == "nc+r"
-        and r["settings"] != settings
-        and _is_variant(r["settings"], settings)
-    ]
-    variant_settings = variant_rows[0]["settings"] if variant_rows else None
-    variant_rows = [r for r in variant_rows if r["settings"] == variant_settings]
+    variants, variant_rows = group_variants(rows, settings)
     rows = [r for r in rows if r["settings"] == settings] + variant_rows
     train, test = load_data(settings["spacing"], tuple(settings["size"]))
     trivial = baselines(train, test)
     levels = sorted({r["level"] for r in rows})
     labels = dict(MODES)
-    if variant_settings is not None:
-        labels[VARIANT] = variant_label(variant_settings)
+    labels.update({key: variant_label(v) for key, v in variants.items()})
     modes = [m for m in labels if any(r["mode"] == m for r in rows)]
 
     def cell(mode, level, key):
@@ -323,17 +352,22 @@ def report(args) -> None:
         "",
         f"- Command: `python benchmarks/noise_sweep.py --steps {settings['steps']} --levels "
         f"{' '.join(map(str, levels))} --seeds {' '.join(map(str, seeds))} --modes "
-        f"{' '.join(m for m in modes if m != VARIANT)}"
+        f"{' '.join(m for m in modes if m not in variants)}"
         f" --eval-every {settings['eval_every']} --last-evals {settings['last_evals']}"
         f"{' --amp' if settings['amp'] else ''}{' --affine' if settings.get('affine') else ''}`"
         " then `--report`"
+        + "".join(
+            f"; the row {labels[key]}: the same command with `--modes nc+r"
+            f"{' --affine' if v.get('affine') else ''}"
+            + (f" --affine-features {v.get('affine_features', 'mean')}" if v.get("affine") else "")
+            + (f" --reg-passes {v['reg_passes']}" if v.get("reg_passes", 1) > 1 else "")
+            + f" --centering-weight {v.get('centering_weight', 0):g}`"
+            for key, v in variants.items()
+        )
         + (
-            "; the row "
-            f"{labels[VARIANT]}: the same command with `--modes nc+r"
-            f"{' --affine' if variant_settings.get('affine') else ''}"
-            f" --centering-weight {variant_settings.get('centering_weight', 0):g}`"
-            " (R with the global affine head, `build_model(..., centering_weight=...)`)"
-            if variant_settings is not None
+            " (R with the global affine head, `build_model(..., centering_weight=...)`; rows "
+            "run before `--affine-features` existed used the bottleneck-mean head, `mean`)"
+            if variants
             else ""
         ),
         f"- Data: ICBM152 2009c, spacing {settings['spacing']} mm, padded/cropped to "
@@ -349,8 +383,8 @@ def report(args) -> None:
         f"torch {torch.__version__}, {platform.machine()}. {args.machine}",
     ]
     lines += claims(means, levels, "nc+r", MODES["nc+r"])
-    if variant_settings is not None:
-        lines += claims(means, levels, VARIANT, labels[VARIANT])
+    for key in variants:
+        lines += claims(means, levels, key, labels[key])
     lines += drift_table(rows, labels)
     lines += precision_check(rows, precision_rows, settings["amp"])
     out = ROOT / "docs" / "results"
@@ -512,6 +546,20 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="weight of the centred correction loss (build_model's centering_weight; 0: off)",
+    )
+    parser.add_argument(
+        "--affine-features",
+        dest="affine_features",
+        choices=AFFINE_FEATURES,
+        default="moments",
+        help="what R's affine head reads (RegUNet's affine_features; only with --affine)",
+    )
+    parser.add_argument(
+        "--reg-passes",
+        dest="reg_passes",
+        type=int,
+        default=1,
+        help="times R refines its own field (RegUNet's passes; 1: the paper's R)",
     )
 
 

@@ -48,11 +48,15 @@ from regcorrect.data import Misalignment, icbm152
 from regcorrect.registration import affine_to_displacement, compose, folding_fraction
 
 #: R variants: name -> RegUNet options.
-VARIANTS: dict[str, dict[str, bool]] = {
+VARIANTS: dict[str, dict[str, object]] = {
     "plain": {},
     "affine": {"affine": True},
+    "affine (mean-pooled head)": {"affine": True, "affine_features": "mean"},
     "diffeomorphic": {"diffeomorphic": True},
     "affine+diffeomorphic": {"affine": True, "diffeomorphic": True},
+    "plain, 2 passes": {"passes": 2},
+    "affine, 2 passes": {"affine": True, "passes": 2},
+    "affine+diffeomorphic, 2 passes": {"affine": True, "diffeomorphic": True, "passes": 2},
 }
 KINDS = ("affine", "elastic", "affine∘elastic")
 AFFINE_RANGES = {"rotation_deg": 5.0, "translation_frac": 0.10, "scale_frac": 0.10}
@@ -253,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.batch, args.channels = 3, 2, [8, 16, 16]
-        args.pairs_per_image, args.variants = 1, ["plain", "affine+diffeomorphic"]
+        args.pairs_per_image, args.variants = 1, ["plain", "affine+diffeomorphic, 2 passes"]
         args.test_slices, args.threads = 4, args.threads or 1
     if args.threads:
         torch.set_num_threads(args.threads)

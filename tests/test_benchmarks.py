@@ -39,7 +39,7 @@ def run_quick(script: str) -> str:
         (
             "registration_accuracy.py",
             "| R | misalignment | mean EPE px (brain) |",
-            ["no registration (zero field)", "affine+diffeomorphic"],
+            ["no registration (zero field)", "affine+diffeomorphic, 2 passes"],
         ),
     ],
 )
@@ -83,17 +83,38 @@ def test_noise_sweep_claims_are_checked_both_ways() -> None:
 def test_noise_sweep_variant_rows_are_checked_under_their_own_label() -> None:
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        from noise_sweep import VARIANT, _is_variant, claims, variant_label
+        from noise_sweep import _is_variant, claims, group_variants, variant_label
     finally:
         sys.path.remove(str(BENCHMARKS))
     base = {"steps": 800, "affine": False, "lr": 2e-4}
     ours = {"steps": 800, "affine": True, "lr": 2e-4, "centering_weight": 10.0}
-    assert _is_variant(ours, base) and _is_variant(base, base)
+    moments = dict(ours, affine_features="moments")
+    assert _is_variant(ours, base) and _is_variant(base, base) and _is_variant(moments, base)
     assert not _is_variant(dict(ours, steps=400), base)  # another protocol is not a variant
-    assert variant_label(ours) == "RegGAN + affine R + centred correction 10"
-    means = {(VARIANT, "nmae"): [0.07, 0.071], ("pix2pix", "nmae"): [0.075, 0.1]}
-    lines = claims(means, [0, 1], VARIANT, variant_label(ours))
-    assert lines[1] == "## The paper's claims, checked on NMAE: " + variant_label(ours)
+    # rows from before --affine-features used the bottleneck-mean head
+    assert variant_label(ours) == "RegGAN + affine R (mean-pooled head) + centred correction 10"
+    assert variant_label(moments) == "RegGAN + affine R + centred correction 10"
+    cascade = dict(moments, reg_passes=2)
+    assert _is_variant(cascade, base)
+    assert variant_label(cascade) == "RegGAN + affine R + 2 passes of R + centred correction 10"
+    rows = [
+        {"mode": "nc+r", "settings": base, "level": 0},
+        {"mode": "pix2pix", "settings": ours, "level": 0},  # not NC+R: not a variant
+        {"mode": "nc+r", "settings": ours, "level": 0},
+        {"mode": "nc+r", "settings": moments, "level": 0},
+        {"mode": "nc+r", "settings": ours, "level": 1},
+        {"mode": "nc+r", "settings": dict(ours, steps=400), "level": 0},
+    ]
+    variants, variant_rows = group_variants(rows, base)
+    assert variants == {"nc+r ours 1": ours, "nc+r ours 2": moments}
+    assert [(r["mode"], r["level"]) for r in variant_rows] == [
+        ("nc+r ours 1", 0),
+        ("nc+r ours 2", 0),
+        ("nc+r ours 1", 1),
+    ]
+    means = {("nc+r ours 2", "nmae"): [0.07, 0.071], ("pix2pix", "nmae"): [0.075, 0.1]}
+    lines = claims(means, [0, 1], "nc+r ours 2", variant_label(moments))
+    assert lines[1] == "## The paper's claims, checked on NMAE: " + variant_label(moments)
     assert claims(means, [0, 1], "nc+r", "RegGAN") == []  # no rows of that mode
 
 

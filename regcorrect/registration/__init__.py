@@ -12,7 +12,7 @@ from .fields import (
     integrate_velocity,
     jacobian_determinant,
 )
-from .regunet import PAPER_CHANNELS, RegistrationFields, RegUNet
+from .regunet import AFFINE_FEATURES, PAPER_CHANNELS, RegistrationFields, RegUNet
 from .warp import PADDING_MODES, WARP_MODES, Warp, warp
 
 __all__ = [
@@ -28,4 +28,5 @@ __all__ = [
     "RegUNet",
     "RegistrationFields",
     "PAPER_CHANNELS",
+    "AFFINE_FEATURES",
 ]

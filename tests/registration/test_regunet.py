@@ -10,15 +10,19 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from regcorrect import RegUNet, warp
 from regcorrect.losses import correction_loss, smoothness_loss
 from regcorrect.registration import (
+    AFFINE_FEATURES,
     PAPER_CHANNELS,
     RegistrationFields,
     affine_to_displacement,
     folding_fraction,
 )
+from regcorrect.registration.regunet import centred_coordinates, moment_basis
 
 SMALL = (8, 16, 16, 16)
 
@@ -251,6 +255,176 @@ class TestRegUNet:
         assert fields.affine.dtype == torch.float32
         assert fields.displacement.shape == (2, 2, 32, 32)
         assert bool(torch.isfinite(fields.displacement).all())
+
+
+class TestAffineFeatures:
+    """The affine head's input: spatial moments of the finest features (default) or the
+    bottleneck's mean (``affine_features="mean"``)."""
+
+    @pytest.mark.parametrize("spatial", [(5, 7), (4, 6, 3)])
+    def test_moment_basis_against_numpy(self, spatial):
+        half = (max(spatial) - 1) / 2
+        axes = [(np.arange(s) - (s - 1) / 2) / half for s in spatial]
+        coords = [c.ravel() for c in np.meshgrid(*axes, indexing="ij")]
+        n = len(spatial)
+        expected = [np.ones_like(coords[0]), *coords]
+        expected += [coords[i] * coords[j] for i in range(n) for j in range(i, n)]
+        basis = moment_basis(spatial, dtype=torch.float64)
+        np.testing.assert_allclose(basis.numpy(), np.stack(expected, axis=1), atol=1e-12)
+        assert basis.shape == (math.prod(spatial), 1 + n + n * (n + 1) // 2)
+        coordinates = centred_coordinates(spatial, dtype=torch.float64)
+        np.testing.assert_allclose(coordinates.numpy(), np.stack(coords), atol=1e-12)
+        assert float(coordinates.abs().max()) == 1.0  # the longest axis spans [-1, 1]
+
+    def test_moments_against_numpy(self):
+        features = torch.randn(2, 3, 6, 9, dtype=torch.float64)
+        (moments,) = RegUNet._moments([features])
+        f = features.numpy()
+        half = (9 - 1) / 2
+        y = (np.arange(6) - 2.5)[:, None] / half
+        x = (np.arange(9) - 4.0)[None, :] / half
+        weights = [np.ones((6, 9)), y + 0 * x, x + 0 * y, y * y + 0 * x, y * x, x * x + 0 * y]
+        expected = np.stack([(f * w).mean(axis=(2, 3)) for w in weights], axis=2)  # (B, C, M)
+        np.testing.assert_allclose(moments.numpy(), expected.reshape(2, 18), atol=1e-12)
+
+    @settings(max_examples=25, deadline=None)
+    @given(
+        dy=st.integers(-4, 4),
+        dx=st.integers(-4, 4),
+        seed=st.integers(0, 2**16),
+    )
+    def test_first_moment_moves_with_content(self, dy, dx, seed):
+        # content inside a zero canvas moved by (dy, dx) px: the first moments change by
+        # mean * (dy, dx) / half exactly; the zeroth moment does not change (position-aware).
+        generator = torch.Generator().manual_seed(seed)
+        canvas = torch.zeros(1, 2, 20, 24, dtype=torch.float64)
+        canvas[..., 5:15, 5:19] = torch.rand(1, 2, 10, 14, generator=generator, dtype=torch.float64)
+        moved = torch.roll(canvas, shifts=(dy, dx), dims=(2, 3))
+        (before,) = RegUNet._moments([canvas])
+        (after,) = RegUNet._moments([moved])
+        before, after = before.reshape(2, 6), after.reshape(2, 6)
+        half = (24 - 1) / 2
+        torch.testing.assert_close(after[:, 0], before[:, 0])
+        torch.testing.assert_close(after[:, 1] - before[:, 1], before[:, 0] * dy / half)
+        torch.testing.assert_close(after[:, 2] - before[:, 2], before[:, 0] * dx / half)
+
+    def test_head_input_width(self):
+        assert AFFINE_FEATURES == ("moments", "mean")
+        channels = (4, 8, 16, 16)
+        mean_head = RegUNet(channels=channels, affine=True, affine_features="mean")
+        assert mean_head.affine_head[0].in_features == 2 * 16
+        moments_head = RegUNet(channels=channels, affine=True)
+        assert moments_head.affine_features == "moments"
+        assert moments_head.affine_head[0].in_features == 2 * 16 + 6 * (4 + 8)
+        volume = RegUNet(spatial_dims=3, channels=(2, 4, 4), affine=True)
+        assert volume.affine_head[0].in_features == 2 * 4 + 10 * (2 + 4)
+        with pytest.raises(ValueError, match="affine_features must be one of"):
+            RegUNet(channels=channels, affine=True, affine_features="max")
+
+    @pytest.mark.parametrize("features", AFFINE_FEATURES)
+    def test_each_head_runs_at_any_size(self, features):
+        torch.manual_seed(0)
+        net = RegUNet(channels=SMALL, affine=True, affine_features=features)
+        with torch.no_grad():
+            net.affine_head[-1].weight.normal_(0.0, 0.05)
+        for shape in ((32, 32), (33, 47), (64, 40)):
+            fields = net.decompose(torch.rand(2, 2, *shape))
+            assert fields.displacement.shape == (2, 2, *shape)
+            assert fields.affine.shape == (2, 2, 3)
+            assert float(fields.affine.detach().abs().max()) > 0
+
+    def test_moments_head_sees_position_mean_head_barely(self):
+        # A blob and the same blob moved by 6 px, same weights: the moments head's input
+        # changes by far more than the mean head's (which sees position only through borders).
+        torch.manual_seed(0)
+        image, _ = brain(48)
+        moved = torch.roll(image, shifts=6, dims=3)
+        x = torch.cat([image, image], dim=1)
+        x_moved = torch.cat([moved, image], dim=1)
+        relative = {}
+        for features in AFFINE_FEATURES:
+            net = RegUNet(channels=SMALL, affine=True, affine_features=features)
+            captured: list[torch.Tensor] = []
+            net.affine_head.register_forward_hook(
+                lambda module, inputs, output, into=captured: into.append(inputs[0])
+            )
+            with torch.no_grad():
+                net(x), net(x_moved)
+            still, moved_input = captured
+            relative[features] = float((moved_input - still).norm() / still.norm())
+        assert relative["moments"] > 2 * relative["mean"]
+
+
+class TestPasses:
+    """``RegUNet(passes=k)``: the same network refines its own output k times."""
+
+    def _pair(self, passes: int, **options) -> tuple[RegUNet, RegUNet]:
+        torch.manual_seed(0)
+        net = RegUNet(channels=SMALL, passes=passes, **options)
+        with torch.no_grad():
+            net.output.weight.normal_(0.0, 0.02)
+            if net.affine:
+                net.affine_head[-1].weight.normal_(0.0, 0.02)
+                net.affine_head[-1].bias.normal_(0.0, 0.05)
+        single = RegUNet(channels=SMALL, **options)
+        single.load_state_dict(net.state_dict())
+        return net, single
+
+    @pytest.mark.parametrize("options", [{}, {"affine": True}, {"diffeomorphic": True}])
+    def test_two_passes_equal_the_manual_cascade(self, options):
+        net, single = self._pair(2, **options)
+        moving, fixed = torch.rand(2, 1, 32, 40), torch.rand(2, 1, 32, 40)
+        first = single.decompose(torch.cat([moving, fixed], dim=1))
+        second = single.decompose(torch.cat([warp(moving, first.displacement), fixed], dim=1))
+        fields = net.decompose(torch.cat([moving, fixed], dim=1))
+        expected = second.displacement + warp(first.displacement, second.displacement)
+        torch.testing.assert_close(fields.displacement, expected)
+        torch.testing.assert_close(fields.residual, first.residual + second.residual)
+        assert float(second.displacement.detach().abs().max()) > 1e-2  # the 2nd pass moved
+
+    def test_composed_affine_part_is_exact(self):
+        # dense parts zero: the total field is the composition of two affine fields, itself
+        # affine with the matrix RegistrationFields.affine reports (bilinear sampling of a
+        # linear field is exact wherever the sample stays inside the image)
+        net, _ = self._pair(2, affine=True)
+        with torch.no_grad():
+            net.output.weight.zero_()
+        fields = net.decompose(torch.rand(2, 2, 32, 40))
+        expected = affine_field_np(fields.affine.detach().double().numpy(), (32, 40))
+        got = fields.displacement.detach().double().numpy()
+        np.testing.assert_allclose(got[..., 6:-6, 6:-6], expected[..., 6:-6, 6:-6], atol=1e-4)
+        assert np.abs(expected).max() > 0.5
+
+    def test_one_pass_is_the_default(self):
+        net = RegUNet(channels=SMALL)
+        assert net.passes == 1
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="passes must be an integer >= 1, got 0"):
+            RegUNet(channels=SMALL, passes=0)
+        with pytest.raises(ValueError, match="passes must be an integer >= 1"):
+            RegUNet(channels=SMALL, passes=2.0)
+        with pytest.raises(ValueError, match="even in_channels.*got in_channels=3"):
+            RegUNet(channels=SMALL, in_channels=3, passes=2)
+
+    def test_multichannel_3d_and_autocast(self):
+        net = RegUNet(spatial_dims=3, in_channels=4, channels=(4, 8, 8), passes=3, affine=True)
+        fields = net.decompose(torch.rand(1, 4, 16, 20, 18))
+        assert fields.displacement.shape == (1, 3, 16, 20, 18) and fields.affine.shape == (1, 3, 4)
+        net2d = RegUNet(channels=SMALL, passes=2, affine=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net2d.decompose(torch.rand(2, 2, 32, 32))
+        assert out.displacement.shape == (2, 2, 32, 32) and out.affine.dtype == torch.float32
+        assert bool(torch.isfinite(out.displacement).all())
+
+    def test_gradcheck(self):
+        torch.manual_seed(0)
+        x = torch.rand(1, 2, 8, 8, dtype=torch.float64, requires_grad=True)
+        net = RegUNet(channels=(2, 3), bottleneck_blocks=1, affine=True, passes=2).double()
+        with torch.no_grad():
+            net.output.weight.normal_(0.0, 0.1)
+            net.affine_head[-1].weight.normal_(0.0, 0.1)
+        assert torch.autograd.gradcheck(net, (x,))
 
 
 class TestRegistrationRecovery:
