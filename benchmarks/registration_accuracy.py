@@ -24,11 +24,14 @@ error of the zero field (no registration).
 Defaults (chosen for a 2-core CPU budget; results in ``docs/results/registration.md``): ICBM152
 at 2 mm padded to 128², R with channels ``(8, 16, 16, 16, 16, 16)`` instead of the paper's
 ``(32, 64, ...)``, 800 steps of batch 8, Adam with a one-cycle schedule (peak lr 2e-3), elastic
-control-point amplitude 6 px, 4 test pairs per test image and kind.
+control-point amplitude 6 px, 4 test pairs per test image and kind. R variants (``VARIANTS``):
+plain, with the global affine head (moments head, or the older bottleneck-mean head),
+diffeomorphic, and 2-pass versions (``RegUNet(passes=2)``: R refines its own field once).
 
 Usage::
 
-    python benchmarks/registration_accuracy.py --threads 1   # ~30 min on a shared 2-core VM
+    python benchmarks/registration_accuracy.py --threads 1   # every variant: ~1 h on 2 shared cores
+    python benchmarks/registration_accuracy.py --threads 1 --variants plain "affine, 2 passes"
     python benchmarks/registration_accuracy.py --quick       # tiny smoke test
 """
 
@@ -251,6 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pairs-per-image", type=int, default=4, help="test pairs per slice/kind")
     parser.add_argument("--test-slices", type=int, help="use only the first N test slices")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument(
+        "--eval-passes",
+        dest="eval_passes",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also evaluate each trained R with these numbers of passes (same weights)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke test (few steps)")
@@ -259,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         args.steps, args.batch, args.channels = 3, 2, [8, 16, 16]
         args.pairs_per_image, args.variants = 1, ["plain", "affine+diffeomorphic, 2 passes"]
         args.test_slices, args.threads = 4, args.threads or 1
+        args.eval_passes = args.eval_passes or [1]
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -307,6 +319,16 @@ def main(argv: list[str] | None = None) -> int:
             reg_net, test_images, test_masks, seed=args.seed + 1, **eval_options
         )
         print(f"  trained {name}: {timing[name][0]:.0f} s, final loss {final_loss:.3f}", flush=True)
+        trained_passes = reg_net.passes
+        for passes in args.eval_passes:
+            if passes == trained_passes:
+                continue
+            reg_net.passes = passes  # the same weights, applied more (or fewer) times
+            label = f"{name}, evaluated with {passes} pass{'es' if passes > 1 else ''}"
+            results[label] = evaluate(
+                reg_net, test_images, test_masks, seed=args.seed + 1, **eval_options
+            )
+        reg_net.passes = trained_passes
 
     rows = []
     for name, per_kind in results.items():

@@ -116,6 +116,18 @@ def test_three_channels() -> None:
     assert model.translate(images(1, channels=3)).shape == (1, 3, 32, 32)
 
 
+def test_refining_affine_r_trains_with_three_channels() -> None:
+    # R's options pass through build_model: two passes (moving = the 3 translated channels)
+    registration = {"channels": (8, 16, 16, 16), "affine": True, "passes": 2}
+    model = tiny_model("cyclegan", "nc+r", in_channels=3, out_channels=3, registration=registration)
+    assert model.registration.passes == 2 and model.registration.affine_features == "moments"
+    before = [p.detach().clone() for p in model.registration.parameters()]
+    losses = model.train_step(images(channels=3), images(channels=3))
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    after = list(model.registration.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, after, strict=True))
+
+
 def test_nc_plus_r_has_fewer_parameters_than_c() -> None:
     # The paper's claim: RegGAN (NC+R) trains fewer parameters than the cycle-consistent mode C.
     # Paper configuration (CycleGAN defaults, 1 channel, default R); no step needs to run.

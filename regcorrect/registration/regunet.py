@@ -16,7 +16,7 @@ initialised near zero so training starts from the identity field). Unlike the of
   encoder levels' features, plus the bottleneck's mean: the centroids and second moments from
   which translation, rotation and scale follow (classical moment-based alignment), at full
   resolution (``affine_features="moments"``); ``"mean"`` feeds it the bottleneck's spatial mean
-  only (the head of regcorrect <= 0.x results marked "mean-pooled head");
+  only (the head before that option, kept to reproduce results marked "mean-pooled head");
 * can output a stationary velocity field integrated by scaling and squaring
   (``diffeomorphic=True``);
 * can refine its own output recursively (``passes=k``): the same network is applied ``k``
@@ -84,7 +84,12 @@ def _norm(spatial_dims: int, channels: int) -> nn.Module:
     return norm(channels, affine=False, track_running_stats=False)
 
 
-def centred_coordinates(spatial: Sequence[int], *, device=None, dtype=None) -> Tensor:
+def centred_coordinates(
+    spatial: Sequence[int],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     """Pixel coordinates, centred and isotropically normalised, as ``(N, prod(spatial))``.
 
     Per axis ``(i - (s - 1) / 2) / half`` with ``half = (max(spatial) - 1) / 2``, so the
@@ -100,7 +105,12 @@ def centred_coordinates(spatial: Sequence[int], *, device=None, dtype=None) -> T
     return rearrange(mesh, "n ... -> n (...)")
 
 
-def moment_basis(spatial: Sequence[int], *, device=None, dtype=None) -> Tensor:
+def moment_basis(
+    spatial: Sequence[int],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
     """Monomials of order 0–2 of ``centred_coordinates``, as ``(P, M)``.
 
     Columns: ``1``, each coordinate ``c_i``, then each product ``c_i c_j`` with ``i <= j``
