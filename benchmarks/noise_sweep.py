@@ -299,8 +299,8 @@ def report(args) -> None:
     settings = json.loads(groups.most_common(1)[0][0])
     other_precision = dict(settings, amp=not settings["amp"])
     precision_rows = [r for r in rows if r["settings"] == other_precision]
-    # NC+R runs that differ from the table's settings only in R's options (affine head,
-    # centred correction) are our variant: a row of their own, checked like RegGAN.
+    # NC+R runs that differ from the table's settings only in R's options (affine head, passes,
+    # centred correction) are our variants: a row each, checked like RegGAN.
     variants, variant_rows = group_variants(rows, settings)
     rows = [r for r in rows if r["settings"] == settings] + variant_rows
     train, test = load_data(settings["spacing"], tuple(settings["size"]))

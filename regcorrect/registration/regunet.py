@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -121,6 +122,16 @@ def moment_basis(
     columns = [torch.ones_like(coords[0]), *coords]
     columns += [coords[i] * coords[j] for i in range(n) for j in range(i, n)]
     return torch.stack(columns, dim=1)
+
+
+def _affine_head_inputs(spatial_dims: int, channels: Sequence[int], features: str) -> int:
+    """Input width of the affine head: the bottleneck's mean (``2 * channels[-1]``), plus the
+    moments (``moment_basis`` columns) of the finest ``_MOMENT_LEVELS`` levels' features."""
+    width = 2 * channels[-1]
+    if features == "moments":
+        moments = 1 + spatial_dims + spatial_dims * (spatial_dims + 1) // 2
+        width += moments * sum(channels[:_MOMENT_LEVELS])
+    return width
 
 
 def _compose_affine(outer: Tensor, inner: Tensor) -> Tensor:
@@ -322,17 +333,39 @@ class RegUNet(nn.Module):
         nn.init.normal_(self.output.weight, mean=0.0, std=1e-5)
         nn.init.zeros_(self.output.bias)
         if affine:
-            head_inputs = 2 * deepest
-            if affine_features == "moments":
-                moments = 1 + spatial_dims + spatial_dims * (spatial_dims + 1) // 2
-                head_inputs += moments * sum(channels[:_MOMENT_LEVELS])
             self.affine_head = nn.Sequential(
-                nn.Linear(head_inputs, 64),
+                nn.Linear(_affine_head_inputs(spatial_dims, channels, affine_features), 64),
                 nn.LeakyReLU(0.2),
                 nn.Linear(64, spatial_dims * (spatial_dims + 1)),
             )
             nn.init.zeros_(self.affine_head[-1].weight)
             nn.init.zeros_(self.affine_head[-1].bias)
+
+    def _load_from_state_dict(
+        self, state_dict: dict[str, Tensor], prefix: str, *args: Any, **kwargs: Any
+    ) -> None:
+        # A clear error for a checkpoint whose affine head reads the other features (e.g. one
+        # saved before ``affine_features`` existed, with the bottleneck-mean head).
+        key = prefix + "affine_head.0.weight"
+        if self.affine and key in state_dict:
+            saved = state_dict[key].shape[-1]
+            expected = self.affine_head[0].in_features
+            if saved != expected:
+                other = [
+                    f
+                    for f in AFFINE_FEATURES
+                    if _affine_head_inputs(self.spatial_dims, self.channels, f) == saved
+                ]
+                hint = (
+                    f"; build RegUNet(..., affine_features={other[0]!r}) to load it"
+                    if other
+                    else ""
+                )
+                raise ValueError(
+                    f"{key} reads {saved} features, but this RegUNet's affine head "
+                    f"(affine_features={self.affine_features!r}) reads {expected}{hint}"
+                )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # ------------------------------------------------------------------ helpers
     def _fit(self, spatial_shape: Sequence[int]) -> int:

@@ -321,6 +321,18 @@ class TestAffineFeatures:
         with pytest.raises(ValueError, match="affine_features must be one of"):
             RegUNet(channels=channels, affine=True, affine_features="max")
 
+    def test_loading_the_other_head_says_which_to_build(self):
+        # e.g. a checkpoint saved before affine_features existed (bottleneck-mean head)
+        saved = RegUNet(channels=SMALL, affine=True, affine_features="mean").state_dict()
+        with pytest.raises(ValueError, match=r"reads 32 features.*affine_features='mean'"):
+            RegUNet(channels=SMALL, affine=True).load_state_dict(saved)
+        nested = torch.nn.ModuleDict({"reg": RegUNet(channels=SMALL, affine=True)})
+        with pytest.raises(ValueError, match=r"reg\.affine_head\.0\.weight reads 32"):
+            nested.load_state_dict({f"reg.{k}": v for k, v in saved.items()})
+        same = RegUNet(channels=SMALL, affine=True, affine_features="mean")
+        same.load_state_dict(saved)  # the matching head loads
+        torch.testing.assert_close(same.affine_head[0].weight, saved["affine_head.0.weight"])
+
     @pytest.mark.parametrize("features", AFFINE_FEATURES)
     def test_each_head_runs_at_any_size(self, features):
         torch.manual_seed(0)
