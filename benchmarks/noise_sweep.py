@@ -391,7 +391,7 @@ def report(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "noise_sweep.md").write_text("\n".join(lines) + "\n")
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
     for ax, (key, label) in zip(
         axes, (("nmae", "NMAE ↓"), ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑")), strict=True
     ):
@@ -404,8 +404,9 @@ def report(args) -> None:
         ax.axhline(linear, color="grey", linestyle="--", label="linear map")
         ax.set_xlabel("noise level")
         ax.set_title(label)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
+    handles, names = axes[0].get_legend_handles_labels()  # one legend, below the plots
+    fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     fig.savefig(out / "noise_sweep.png", dpi=110)
     print((out / "noise_sweep.md").read_text())
 
