@@ -429,7 +429,7 @@ class RegUNet(nn.Module):
         fields = self._one_pass(x)
         for _ in range(self.passes - 1):
             aligned = warp(moving, fields.displacement)
-            step = self._one_pass(torch.cat([aligned.to(fixed.dtype), fixed], dim=1))
+            step = self._one_pass(torch.cat([aligned, fixed], dim=1))
             fields = RegistrationFields(
                 displacement=compose(step.displacement, fields.displacement),
                 residual=fields.residual + step.residual,
