@@ -279,13 +279,6 @@ class RegUNet(nn.Module):
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels!r}")
         check_choice(affine_features, "affine_features", AFFINE_FEATURES)
-        if isinstance(passes, bool) or not isinstance(passes, int) or passes < 1:
-            raise ValueError(f"passes must be an integer >= 1, got {passes!r}")
-        if passes > 1 and in_channels % 2:
-            raise ValueError(
-                f"passes > 1 needs an even in_channels (cat([moving, fixed]) of equal channels), "
-                f"got in_channels={in_channels}"
-            )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.channels = channels
@@ -293,7 +286,7 @@ class RegUNet(nn.Module):
         self.affine_features = affine_features
         self.diffeomorphic = diffeomorphic
         self.integration_steps = integration_steps
-        self.passes = passes
+        self.passes = passes  # validated by the property's setter
         conv = _conv(spatial_dims)
 
         self.encoder = nn.ModuleList()
@@ -366,6 +359,23 @@ class RegUNet(nn.Module):
                     f"(affine_features={self.affine_features!r}) reads {expected}{hint}"
                 )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def passes(self) -> int:
+        """How many times the network is applied (see the class docstring). May be changed
+        after training, e.g. one more pass at test time: ``net.passes = 3``."""
+        return self._passes
+
+    @passes.setter
+    def passes(self, value: int) -> None:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"passes must be an integer >= 1, got {value!r}")
+        if value > 1 and self.in_channels % 2:
+            raise ValueError(
+                f"passes > 1 needs an even in_channels (cat([moving, fixed]) of equal channels), "
+                f"got in_channels={self.in_channels}"
+            )
+        self._passes = value
 
     # ------------------------------------------------------------------ helpers
     def _fit(self, spatial_shape: Sequence[int]) -> int:

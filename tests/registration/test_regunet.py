@@ -418,6 +418,21 @@ class TestPasses:
             RegUNet(channels=SMALL, passes=2.0)
         with pytest.raises(ValueError, match="even in_channels.*got in_channels=3"):
             RegUNet(channels=SMALL, in_channels=3, passes=2)
+        net = RegUNet(channels=SMALL, in_channels=3)
+        with pytest.raises(ValueError, match="even in_channels"):
+            net.passes = 2  # also when changed after construction
+        assert net.passes == 1
+
+    def test_passes_can_change_after_training(self):
+        net, single = self._pair(2)  # same weights, built with 2 and 1 passes
+        x = torch.rand(1, 2, 32, 32)
+        with torch.no_grad():
+            net.passes, single.passes = 3, 3
+            three = net(x)
+            torch.testing.assert_close(three, single(x))
+            net.passes = 1
+            one = net(x)
+        assert float((three - one).abs().max()) > 1e-3
 
     def test_multichannel_3d_and_autocast(self):
         net = RegUNet(spatial_dims=3, in_channels=4, channels=(4, 8, 8), passes=3, affine=True)
