@@ -1,4 +1,5 @@
-"""Cached identity sampling grids in ``grid_sample`` layout.
+"""Cached identity sampling grids in ``grid_sample`` layout, and the cached centred
+coordinates that ``RegUNet``'s affine head works in.
 
 Built on Kornia's mesh-grid utilities; the one pitfall handled here is that
 ``create_meshgrid3d`` orders its channels ``(d, x, y)`` while ``grid_sample`` expects
@@ -7,9 +8,11 @@ Built on Kornia's mesh-grid utilities; the one pitfall handled here is that
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 try:  # kornia >= 0.8.3
@@ -17,7 +20,14 @@ try:  # kornia >= 0.8.3
 except ImportError:  # pragma: no cover - older kornia
     from kornia.utils import create_meshgrid, create_meshgrid3d
 
-__all__ = ["identity_axes", "identity_grid", "normalized_scales", "pixel_to_normalized_scale"]
+__all__ = [
+    "centred_coordinates",
+    "identity_axes",
+    "identity_grid",
+    "moment_basis",
+    "normalized_scales",
+    "pixel_to_normalized_scale",
+]
 
 
 @lru_cache(maxsize=64)
@@ -113,3 +123,64 @@ def pixel_to_normalized_scale(
         ``(N,)`` tensor of :func:`normalized_scales` (cached per shape, device, dtype).
     """
     return _scale(tuple(int(s) for s in shape), torch.device(device), dtype)
+
+
+def _device_and_dtype(
+    device: torch.device | str | None, dtype: torch.dtype | None
+) -> tuple[torch.device, torch.dtype]:
+    return torch.device("cpu" if device is None else device), dtype or torch.get_default_dtype()
+
+
+@lru_cache(maxsize=64)
+def _centred_coordinates(
+    shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
+) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        half = max((max(shape) - 1) / 2.0, 0.5)
+        axes = [
+            (torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2.0) / half
+            for size in shape
+        ]
+        mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+        return rearrange(mesh, "n ... -> n (...)").contiguous()
+
+
+def centred_coordinates(
+    spatial: Sequence[int],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Pixel coordinates, centred and isotropically normalised, as ``(N, prod(spatial))``.
+
+    Per axis ``(i - (s - 1) / 2) / half`` with ``half = (max(spatial) - 1) / 2``, so the
+    longest axis spans ``[-1, 1]`` (the frame of ``RegistrationFields.affine``). Rows in axis
+    order, pixels flattened in C order. Cached per ``(spatial, device, dtype)``; do not modify
+    it in place.
+    """
+    return _centred_coordinates(tuple(int(s) for s in spatial), *_device_and_dtype(device, dtype))
+
+
+@lru_cache(maxsize=64)
+def _moment_basis(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+    with torch.inference_mode(False), torch.no_grad():
+        coords = _centred_coordinates(shape, device, dtype)
+        n = coords.shape[0]
+        columns = [torch.ones_like(coords[0]), *coords]
+        columns += [coords[i] * coords[j] for i in range(n) for j in range(i, n)]
+        return torch.stack(columns, dim=1)
+
+
+def moment_basis(
+    spatial: Sequence[int],
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Monomials of order 0–2 of :func:`centred_coordinates`, as ``(P, M)``.
+
+    Columns: ``1``, each coordinate ``c_i``, then each product ``c_i c_j`` with ``i <= j``
+    (axis order), so ``M = 1 + N + N (N + 1) / 2`` (6 in 2D, 10 in 3D). Cached per
+    ``(spatial, device, dtype)``; do not modify it in place.
+    """
+    return _moment_basis(tuple(int(s) for s in spatial), *_device_and_dtype(device, dtype))

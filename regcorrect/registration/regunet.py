@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_float, check_rank, check_spatial_dims
 from .fields import compose, integrate_velocity
+from .grid import centred_coordinates, moment_basis
 from .warp import warp
 
 __all__ = ["RegUNet", "RegistrationFields", "PAPER_CHANNELS", "AFFINE_FEATURES"]
@@ -83,45 +84,6 @@ def _conv(spatial_dims: int) -> type[nn.Module]:
 def _norm(spatial_dims: int, channels: int) -> nn.Module:
     norm = nn.InstanceNorm2d if spatial_dims == 2 else nn.InstanceNorm3d
     return norm(channels, affine=False, track_running_stats=False)
-
-
-def centred_coordinates(
-    spatial: Sequence[int],
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> Tensor:
-    """Pixel coordinates, centred and isotropically normalised, as ``(N, prod(spatial))``.
-
-    Per axis ``(i - (s - 1) / 2) / half`` with ``half = (max(spatial) - 1) / 2``, so the
-    longest axis spans ``[-1, 1]`` (the frame of ``RegistrationFields.affine``). Rows in axis
-    order, pixels flattened in C order.
-    """
-    half = max((max(int(s) for s in spatial) - 1) / 2.0, 0.5)
-    axes = [
-        (torch.arange(int(s), device=device, dtype=dtype) - (int(s) - 1) / 2.0) / half
-        for s in spatial
-    ]
-    mesh = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
-    return rearrange(mesh, "n ... -> n (...)")
-
-
-def moment_basis(
-    spatial: Sequence[int],
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> Tensor:
-    """Monomials of order 0–2 of ``centred_coordinates``, as ``(P, M)``.
-
-    Columns: ``1``, each coordinate ``c_i``, then each product ``c_i c_j`` with ``i <= j``
-    (axis order), so ``M = 1 + N + N (N + 1) / 2`` (6 in 2D, 10 in 3D).
-    """
-    coords = centred_coordinates(spatial, device=device, dtype=dtype)
-    n = coords.shape[0]
-    columns = [torch.ones_like(coords[0]), *coords]
-    columns += [coords[i] * coords[j] for i in range(n) for j in range(i, n)]
-    return torch.stack(columns, dim=1)
 
 
 def _affine_head_inputs(spatial_dims: int, channels: Sequence[int], features: str) -> int:

@@ -22,7 +22,7 @@ from regcorrect.registration import (
     affine_to_displacement,
     folding_fraction,
 )
-from regcorrect.registration.regunet import centred_coordinates, moment_basis
+from regcorrect.registration.grid import centred_coordinates, moment_basis
 
 SMALL = (8, 16, 16, 16)
 
@@ -275,6 +275,7 @@ class TestAffineFeatures:
         coordinates = centred_coordinates(spatial, dtype=torch.float64)
         np.testing.assert_allclose(coordinates.numpy(), np.stack(coords), atol=1e-12)
         assert float(coordinates.abs().max()) == 1.0  # the longest axis spans [-1, 1]
+        assert moment_basis(spatial, dtype=torch.float64) is basis  # cached, not rebuilt
 
     def test_moments_against_numpy(self):
         features = torch.randn(2, 3, 6, 9, dtype=torch.float64)
