@@ -6,7 +6,8 @@ target of each training pair are moved independently by ``Misalignment(level)`` 
 code does). Evaluation translates the held-out (superior) slab's aligned T1 and compares with its
 aligned T2 using the paper's metrics (background excluded). Results are appended, one JSON line
 per (mode, level, seed), to ``--results`` so an interrupted sweep resumes where it stopped;
-``--report`` turns that file into ``docs/results/noise_sweep.md`` and ``noise_sweep.png``.
+``--report`` turns that file (and every ``<stem>*.jsonl`` beside it) into ``<stem>.md`` and
+``<stem>.png`` beside it: ``docs/results/noise_sweep.md`` and ``noise_sweep.png`` by default.
 
 Usage::
 
@@ -90,8 +91,8 @@ def load_data(spacing: float, size: tuple[int, int]):
 
 
 def translate_all(model, images: torch.Tensor, batch: int = 16) -> torch.Tensor:
-    """``model.translate`` over ``images`` in batches, clamped to [-1, 1]."""
-    outputs = [model.translate(images[i : i + batch]) for i in range(0, len(images), batch)]
+    """``model.translate`` over ``images`` in batches, clamped to [-1, 1], on the CPU."""
+    outputs = [model.translate(images[i : i + batch]).cpu() for i in range(0, len(images), batch)]
     return torch.cat(outputs).clamp(-1, 1)
 
 
@@ -146,6 +147,7 @@ def sweep_model(args, mode: str, seed: int, size: tuple[int, int]):
         mode,
         image_size=size,
         amp=args.amp,
+        device=args.device,
         seed=seed,
         learning_rate=args.lr,
         total_steps=args.steps,
@@ -249,6 +251,8 @@ def settings_of(args) -> dict:
         settings["reg_passes"] = args.reg_passes
     if args.centering_weight:
         settings["centering_weight"] = args.centering_weight
+    if args.device != "cpu":
+        settings["device"] = args.device
     return settings
 
 
@@ -289,7 +293,8 @@ def report(args) -> None:
     import matplotlib.pyplot as plt
 
     results = Path(args.results)
-    files = sorted(results.parent.glob(results.stem.split("_seed")[0] + "*.jsonl"))
+    stem = results.stem.split("_seed")[0]  # the family: noise_sweep.jsonl, noise_sweep_seed0.jsonl…
+    files = sorted(results.parent.glob(stem + "*.jsonl"))
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     if not rows:
         raise SystemExit("no results")
@@ -387,9 +392,8 @@ def report(args) -> None:
         lines += claims(means, levels, key, labels[key])
     lines += drift_table(rows, labels)
     lines += precision_check(rows, precision_rows, settings["amp"])
-    out = ROOT / "docs" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "noise_sweep.md").write_text("\n".join(lines) + "\n")
+    out = results.parent
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
     for ax, (key, label) in zip(
@@ -407,8 +411,8 @@ def report(args) -> None:
     handles, names = axes[0].get_legend_handles_labels()  # one legend, below the plots
     fig.legend(handles, names, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.14, 1, 1))
-    fig.savefig(out / "noise_sweep.png", dpi=110)
-    print((out / "noise_sweep.md").read_text())
+    fig.savefig(out / f"{stem}.png", dpi=110)
+    print((out / f"{stem}.md").read_text())
 
 
 def claims(
@@ -531,6 +535,12 @@ def precision_check(rows: list[dict], other: list[dict], amp: bool) -> list[str]
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """The data, network and loss options that :func:`sweep_model` and :func:`fit` read."""
     parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument(
+        "--device",
+        default="cpu",
+        help="where to train (data, noise and metrics stay on the CPU); recorded in the sweep's "
+        "settings when not cpu",
+    )
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--spacing", type=float, default=2.0)
     parser.add_argument("--size", type=int, nargs=2, default=[112, 96])

@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     demo.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="where to train (default auto: CUDA when available)",
+    )
+    demo.add_argument(
         "--out", default="regcorrect-demo", help="output folder (default ./regcorrect-demo)"
     )
     demo.add_argument(
@@ -226,6 +232,7 @@ def _demo(args: argparse.Namespace) -> int:
         nc_steps=args.nc_steps,
         noise_level=args.noise_level,
         seed=args.seed,
+        device=args.device,
         force=args.force,
         progress=not args.quiet,
     )

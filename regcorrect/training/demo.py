@@ -60,7 +60,14 @@ class DemoResult:
 
 
 def demo_config(
-    *, mode: str, steps: int, size: int, noise_level: int, seed: int, out_dir: str | None
+    *,
+    mode: str,
+    steps: int,
+    size: int,
+    noise_level: int,
+    seed: int,
+    out_dir: str | None,
+    device: str = "auto",
 ) -> TrainingConfig:
     """The demo's reduced RegGAN settings (images ``size`` × ``size`` at ``192 / size`` mm)."""
     return TrainingConfig(
@@ -81,7 +88,7 @@ def demo_config(
         checkpoint_every=steps,
         log_every=max(1, min(10, steps // 20)),
         seed=seed,
-        device="cpu",
+        device=device,
         out_dir=out_dir,
         tensorboard=False,
     )
@@ -129,6 +136,7 @@ def run_demo(
     nc_steps: int | None = None,
     noise_level: int = 3,
     seed: int = 0,
+    device: str = "auto",
     force: bool = False,
     progress: bool = True,
 ) -> DemoResult:
@@ -142,6 +150,7 @@ def run_demo(
         nc_steps: training steps of the NC model (default ``steps``).
         noise_level: misalignment level of the training pairs (paper Table 2).
         seed: seed of everything.
+        device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         force: overwrite the demo's files in a non-empty ``out_dir``.
         progress: show progress bars.
 
@@ -167,6 +176,7 @@ def run_demo(
             size=size,
             noise_level=noise_level,
             seed=seed,
+            device=device,
             out_dir=str(out_dir / "nc_r"),
         ),
         progress=progress,
@@ -182,6 +192,7 @@ def run_demo(
             size=size,
             noise_level=noise_level,
             seed=seed,
+            device=device,
             out_dir=str(out_dir / "nc"),
         ),
         data=reggan.data,
