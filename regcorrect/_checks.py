@@ -19,7 +19,7 @@ __all__ = [
     "check_finite",
     "check_spatial_dims",
     "check_displacement",
-    "check_same_shape",
+    "check_same_shape_and_device",
     "check_choice",
     "check_positive",
 ]
@@ -85,13 +85,25 @@ def check_displacement(displacement: Tensor, name: str = "displacement") -> int:
     return n
 
 
-def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
-    """Raise ``ValueError`` unless ``a`` and ``b`` have the same shape."""
+def check_same_shape_and_device(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    """Raise ``ValueError`` unless ``a`` and ``b`` have the same shape and device."""
+    check_same_device(**{name_a: a, name_b: b})
     if a.shape != b.shape:
         raise ValueError(
             f"{name_a} and {name_b} must have the same shape, got "
             f"{tuple(a.shape)} and {tuple(b.shape)}"
         )
+
+
+def check_same_device(**tensors: Tensor | None) -> None:
+    """Raise ``ValueError`` unless the given tensors (``None`` skipped) are on one device.
+
+    Example: ``check_same_device(image=image, displacement=displacement)``.
+    """
+    named = [(name, t.device) for name, t in tensors.items() if isinstance(t, Tensor)]
+    if len({device for _, device in named}) > 1:
+        where = ", ".join(f"{name} on {device}" for name, device in named)
+        raise ValueError(f"tensors must be on one device, got {where}; move them with .to(device)")
 
 
 def check_choice(value: object, name: str, choices: Sequence[object]) -> None:

@@ -25,7 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._checks import check_choice, check_float, check_rank, check_same_shape, check_tensor
+from ._checks import (
+    check_choice,
+    check_float,
+    check_rank,
+    check_same_device,
+    check_same_shape_and_device,
+    check_tensor,
+)
 
 __all__ = ["nmae", "psnr", "ssim", "foreground_mask"]
 
@@ -34,7 +41,7 @@ def _check_pair(prediction: Tensor, target: Tensor) -> None:
     check_float(prediction, "prediction")
     check_float(target, "target")
     check_rank(prediction, "prediction", (4, 5), "(B, C, H, W) or (B, C, D, H, W)")
-    check_same_shape(prediction, target, "prediction", "target")
+    check_same_shape_and_device(prediction, target, "prediction", "target")
 
 
 def foreground_mask(target: Tensor, mask: Tensor | None = None, background: float = -1.0) -> Tensor:
@@ -42,6 +49,7 @@ def foreground_mask(target: Tensor, mask: Tensor | None = None, background: floa
     if mask is None:
         return target != background
     check_tensor(mask, "mask")
+    check_same_device(target=target, mask=mask)
     if mask.ndim != target.ndim:
         raise ValueError(
             f"mask must have the rank of target {tuple(target.shape)}, got {tuple(mask.shape)}"

@@ -252,3 +252,11 @@ class TestForegroundMask:
         assert foreground_mask(target, background=0.0).tolist() == [[[[True, False], [True, True]]]]
         mask = foreground_mask(torch.rand(2, 3, 4, 4), torch.ones(2, 1, 4, 4))
         assert mask.dtype == torch.bool and mask.shape == (2, 3, 4, 4) and bool(mask.all())
+
+    @pytest.mark.parametrize("metric", [nmae, psnr, ssim])
+    def test_device_errors(self, metric):
+        image = torch.rand(1, 1, 8, 8)
+        with pytest.raises(ValueError, match="prediction on cpu, target on meta"):
+            metric(image, image.to("meta"))
+        with pytest.raises(ValueError, match="target on cpu, mask on meta"):
+            metric(image, image, torch.ones(1, 1, 8, 8, device="meta"))

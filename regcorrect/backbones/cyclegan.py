@@ -27,7 +27,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_float, check_rank, check_same_shape
+from .._checks import check_float, check_rank, check_same_shape_and_device
 from ..losses.cycle import cycle_loss
 from .base import GeneratorOutput, TranslationBackbone
 
@@ -569,7 +569,7 @@ class Pix2Pix(TranslationBackbone):
         """``"discriminator"``: D on ``cat([x, y])`` (real) vs ``cat([x, fakes["target"]])``."""
         self._check_pair(source, target)
         fake = _fake(fakes, "target", target)
-        check_same_shape(fake, target, 'fakes["target"]', "target")
+        check_same_shape_and_device(fake, target, 'fakes["target"]', "target")
         real_prediction = self.discriminator(torch.cat([source, target], dim=1))
         fake_prediction = self.discriminator(torch.cat([source, fake], dim=1))
         return {

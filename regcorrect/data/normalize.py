@@ -17,7 +17,7 @@ from regcorrect._checks import (
     check_choice,
     check_finite,
     check_float,
-    check_same_shape,
+    check_same_shape_and_device,
     check_tensor,
 )
 
@@ -131,7 +131,7 @@ def normalize_intensity(
         check_tensor(mask, "mask")
         if mask.dtype != torch.bool:
             raise TypeError(f"mask must be a boolean tensor, got dtype {mask.dtype}")
-        check_same_shape(image, mask, "image", "mask")
+        check_same_shape_and_device(image, mask, "image", "mask")
         foreground = mask
     if not isinstance(per_sample, bool):
         raise TypeError(f"per_sample must be a bool, got {type(per_sample).__name__}")

@@ -20,7 +20,7 @@ from regcorrect._checks import (
     check_float,
     check_positive,
     check_rank,
-    check_same_shape,
+    check_same_shape_and_device,
     check_tensor,
 )
 
@@ -94,7 +94,7 @@ class PairedSlices:
         """
         check_float(source, "source")
         check_float(target, "target")
-        check_same_shape(source, target, "source", "target")
+        check_same_shape_and_device(source, target, "source", "target")
         if mask is None:
             mask = (source > -1) | (target > -1)
         return cls(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_float, check_same_shape, check_tensor
+from .._checks import check_float, check_same_device, check_same_shape_and_device, check_tensor
 
 __all__ = ["correction_loss", "CorrectionLoss"]
 
@@ -31,12 +31,13 @@ def correction_loss(registered: Tensor, target: Tensor, mask: Tensor | None = No
     """
     check_float(registered, "registered")
     check_float(target, "target")
-    check_same_shape(registered, target, "registered", "target")
+    check_same_shape_and_device(registered, target, "registered", "target")
     dtype = torch.promote_types(torch.promote_types(registered.dtype, target.dtype), torch.float32)
     difference = (registered.to(dtype) - target.to(dtype)).abs()
     if mask is None:
         return difference.mean()
     check_tensor(mask, "mask")
+    check_same_device(target=target, mask=mask)
     if mask.ndim != target.ndim:
         raise ValueError(
             f"mask must have the rank of target {tuple(target.shape)} (e.g. (B, 1, *spatial)), "

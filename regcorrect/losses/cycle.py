@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_float, check_same_shape
+from .._checks import check_float, check_same_shape_and_device
 
 __all__ = ["cycle_loss", "CycleLoss"]
 
@@ -28,7 +28,7 @@ def cycle_loss(reconstructed: Tensor, original: Tensor) -> Tensor:
     """
     check_float(reconstructed, "reconstructed")
     check_float(original, "original")
-    check_same_shape(reconstructed, original, "reconstructed", "original")
+    check_same_shape_and_device(reconstructed, original, "reconstructed", "original")
     dtype = torch.promote_types(
         torch.promote_types(reconstructed.dtype, original.dtype), torch.float32
     )

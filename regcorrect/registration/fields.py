@@ -11,7 +11,7 @@ import torch
 from einops import rearrange
 from torch import Tensor
 
-from .._checks import check_displacement, check_float, check_rank
+from .._checks import check_displacement, check_float, check_rank, check_same_device
 from .warp import warp
 
 __all__ = [
@@ -43,6 +43,7 @@ def compose(first: Tensor, second: Tensor) -> Tensor:
     """
     n = check_displacement(first, "first")
     check_displacement(second, "second")
+    check_same_device(first=first, second=second)
     if second.shape[1:] != first.shape[1:]:
         raise ValueError(
             f"first and second must have the same field shape (B, {n}, *spatial), got "

@@ -16,11 +16,19 @@ This is the convention of the official Reg-GAN ``Transformer_2D``, VoxelMorph's
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_displacement, check_float, check_rank
+from .._checks import (
+    check_choice,
+    check_displacement,
+    check_float,
+    check_rank,
+    check_same_device,
+)
 from .grid import identity_axes, identity_grid, normalized_scales, pixel_to_normalized_scale
 
 __all__ = ["warp", "Warp", "WARP_MODES", "PADDING_MODES"]
@@ -116,6 +124,12 @@ def _differentiable_backward(
 ) -> tuple[Tensor | None, Tensor | None, None, None]:
     """Backward of :class:`_WarpByField` built from differentiable ops, for double backward."""
     n = displacement.shape[1]
+    if not sampler_has_double_backward(displacement.device.type, n):
+        raise NotImplementedError(
+            f"double backward through warp (create_graph=True) needs a grid_sample that can be "
+            f"differentiated twice, which torch {torch.__version__} lacks for {n}-D inputs on "
+            f"{displacement.device.type} (torch 2.13 has it on the CPU)"
+        )
     spatial = tuple(displacement.shape[2:])
     scale = pixel_to_normalized_scale(spatial, displacement.device, displacement.dtype)
     offsets = rearrange(displacement.flip(1), "b n ... -> b ... n") * scale
@@ -126,6 +140,31 @@ def _differentiable_backward(
     grad_image = grads.pop(0) if needs_image else None
     grad_field = grads.pop(0) if needs_field else None
     return grad_image, grad_field, None, None
+
+
+@lru_cache(maxsize=None)
+def sampler_has_double_backward(device_type: str, spatial_dims: int) -> bool:
+    """Whether this torch's ``grid_sample`` can be differentiated twice on ``device_type``.
+
+    Checked once per (device type, 2 or 3 spatial dims) on a tiny float64 input: older torch
+    releases have no derivative of ``grid_sampler_2d_backward`` (seen in torch 2.11).
+    """
+    shape = (1, 1) + (2,) * spatial_dims
+    image = torch.ones(shape, dtype=torch.float64, device=device_type, requires_grad=True)
+    grid = torch.zeros(
+        (1,) + (2,) * spatial_dims + (spatial_dims,),
+        dtype=torch.float64,
+        device=device_type,
+        requires_grad=True,
+    )
+    try:
+        with torch.enable_grad():
+            sampled = _SAMPLE[spatial_dims](image, grid, 0, 1, True)
+            (grad_grid,) = torch.autograd.grad(sampled.sum(), grid, create_graph=True)
+            torch.autograd.grad(grad_grid.sum(), image)
+    except RuntimeError:
+        return False
+    return True
 
 
 def _sampling_dtype(image: Tensor, displacement: Tensor) -> torch.dtype:
@@ -179,6 +218,7 @@ def warp(
     check_choice(padding_mode, "padding_mode", PADDING_MODES)
     layout = "(B, C, H, W)" if n == 2 else "(B, C, D, H, W)"
     check_rank(image, "image", (n + 2,), f"{layout} to match a {n}-D displacement field")
+    check_same_device(image=image, displacement=displacement)
     spatial = tuple(displacement.shape[2:])
     if tuple(image.shape[2:]) != spatial:
         raise ValueError(

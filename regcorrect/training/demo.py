@@ -111,10 +111,11 @@ def _panel(trainer: Trainer, path: Path, noise_level: int, seed: int) -> None:
     item = dataset[len(test) // 2]
     source, target = item["source"][None], item["target"][None]
     model = trainer.model
-    translated = model.translate(source)
+    translated = model.translate(source).cpu()
     model.eval()
     fields = model.register(translated.to(model.device), target.to(model.device))
-    registered = warp(translated, fields.displacement.float().cpu())
+    displacement = fields.displacement.float().cpu()
+    registered = warp(translated, displacement)
     plot_panel(
         path,
         source=source,
@@ -122,7 +123,7 @@ def _panel(trainer: Trainer, path: Path, noise_level: int, seed: int) -> None:
         target=target,
         translated=translated,
         registered=registered,
-        displacement=fields.displacement[0],
+        displacement=displacement[0],
         mask=item["mask"],
         title=f"held-out slice {int(test.slice_index[len(test) // 2])}, noise level {noise_level}",
     )

@@ -16,6 +16,13 @@ class TestCorrectionLoss:
         loss = correction_loss(torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8))
         assert loss.shape == () and loss.dtype == torch.float32 and loss >= 0
 
+    def test_device_errors(self):
+        image, elsewhere = torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8, device="meta")
+        with pytest.raises(ValueError, match="registered on cpu, target on meta"):
+            correction_loss(image, elsewhere)
+        with pytest.raises(ValueError, match="target on cpu, mask on meta"):
+            correction_loss(image, image, torch.ones(1, 1, 8, 8, device="meta"))
+
     @pytest.mark.parametrize(
         "shape", [(1, 1, 4, 4), (2, 3, 5, 7), (3, 1, 9, 4), (2, 2, 4, 5, 6), (1, 1, 3, 3, 3)]
     )

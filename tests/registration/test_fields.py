@@ -61,6 +61,10 @@ class TestCompose:
         with pytest.raises(ValueError, match="same field shape"):
             compose(torch.zeros(1, 2, 6, 6), torch.zeros(1, 2, 6, 7))
 
+    def test_device_error(self):
+        with pytest.raises(ValueError, match="first on cpu, second on meta"):
+            compose(torch.zeros(1, 2, 6, 6), torch.zeros(1, 2, 6, 6, device="meta"))
+
 
 class TestIntegrateVelocity:
     def test_zero_steps_returns_velocity(self):
