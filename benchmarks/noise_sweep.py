@@ -169,6 +169,19 @@ def sweep_model(args, mode: str, seed: int, size: tuple[int, int]):
     )
 
 
+def current_environment(device: str) -> dict[str, str]:
+    """The torch version and the device name (GPU model or CPU architecture) of a run."""
+    name = platform.machine()
+    if torch.device(device).type == "cuda":
+        name = torch.cuda.get_device_name(torch.device(device))
+    return {"torch": torch.__version__, "device": name}
+
+
+def environment(row: dict) -> dict[str, str]:
+    """A result row's environment; rows from before it was recorded ran on this machine's CPU."""
+    return row.get("environment") or current_environment("cpu")
+
+
 def train_one(args, mode: str, level: int, seed: int, train, test) -> dict:
     model = sweep_model(args, mode, seed, tuple(train.source.shape[2:]))
     history, final, seconds = fit(
@@ -195,6 +208,7 @@ def train_one(args, mode: str, level: int, seed: int, train, test) -> dict:
         "final_drift": {"nmae_after_best_shift": value, "best_shift_dy_dx": [dy, dx]},
         "history": history,
         "settings": settings_of(args),
+        "environment": current_environment(args.device),
     }
 
 
@@ -298,9 +312,11 @@ def report(args) -> None:
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     if not rows:
         raise SystemExit("no results")
-    # The table uses the settings most runs share; runs that differ only in --amp are compared
-    # with their counterparts in a separate section.
-    groups = Counter(json.dumps(r["settings"], sort_keys=True) for r in rows)
+    # The table uses the settings most runs without R options share (so a file of mostly variant
+    # runs still tables Pix2Pix and C); runs that differ only in --amp are compared with their
+    # counterparts in a separate section.
+    plain = [r for r in rows if not any(r["settings"].get(k) for k in VARIANT_KEYS)]
+    groups = Counter(json.dumps(r["settings"], sort_keys=True) for r in plain or rows)
     settings = json.loads(groups.most_common(1)[0][0])
     other_precision = dict(settings, amp=not settings["amp"])
     precision_rows = [r for r in rows if r["settings"] == other_precision]
@@ -359,7 +375,8 @@ def report(args) -> None:
         f"{' '.join(map(str, levels))} --seeds {' '.join(map(str, seeds))} --modes "
         f"{' '.join(m for m in modes if m not in variants)}"
         f" --eval-every {settings['eval_every']} --last-evals {settings['last_evals']}"
-        f"{' --amp' if settings['amp'] else ''}{' --affine' if settings.get('affine') else ''}`"
+        f"{' --amp' if settings['amp'] else ''}{' --affine' if settings.get('affine') else ''}"
+        f"{' --device ' + settings['device'] if 'device' in settings else ''}`"
         " then `--report`"
         + "".join(
             f"; the row {labels[key]}: the same command with `--modes nc+r"
@@ -385,7 +402,8 @@ def report(args) -> None:
         f"Corr {settings['correction_weight']}, Smooth {settings['smoothness_weight']}, Pix2Pix L1 100, "
         f"Cyc 10; bf16 autocast: {settings['amp']}.",
         f"- Seeds {seeds}; total training time {seconds / 60:.0f} min (sum over runs), "
-        f"torch {torch.__version__}, {platform.machine()}. {args.machine}",
+        f"torch {', '.join(sorted({environment(r)['torch'] for r in rows}))}, "
+        f"{', '.join(sorted({environment(r)['device'] for r in rows}))}. {args.machine}",
     ]
     lines += claims(means, levels, "nc+r", MODES["nc+r"])
     for key in variants:

@@ -16,7 +16,7 @@ This is the convention of the official Reg-GAN ``Transformer_2D``, VoxelMorph's
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import torch
 from einops import rearrange
@@ -142,7 +142,7 @@ def _differentiable_backward(
     return grad_image, grad_field, None, None
 
 
-@lru_cache(maxsize=None)
+@cache
 def sampler_has_double_backward(device_type: str, spatial_dims: int) -> bool:
     """Whether this torch's ``grid_sample`` can be differentiated twice on ``device_type``.
 
@@ -203,7 +203,9 @@ def warp(
         per (shape, device, dtype); the field -> grid conversion and its gradient are one pass per
         channel (a single autograd node around ``grid_sample``), so the warp costs little more than
         ``grid_sample`` itself (``docs/results/warp.md``). Double backward (``create_graph=True``)
-        is supported: that backward is recomputed from differentiable ops.
+        is supported where torch's ``grid_sample`` can be differentiated twice (torch 2.13, not
+        2.11: a ``NotImplementedError`` then): that backward is recomputed from differentiable
+        ops. ``image`` and ``displacement`` must be on one device.
 
     Example:
         >>> image = torch.arange(16.0, dtype=torch.float64).reshape(1, 1, 4, 4)
