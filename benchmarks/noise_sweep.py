@@ -41,7 +41,7 @@ MODES = {
     "nc+r": "RegGAN (NC+R)",
 }
 VARIANT = "nc+r ours"
-VARIANT_KEYS = ("affine", "affine_features", "reg_passes", "centering_weight")
+VARIANT_KEYS = ("affine", "affine_features", "reg_passes", "centering_weight", "ema_decay")
 
 
 def _is_variant(theirs: dict, ours: dict) -> bool:
@@ -60,6 +60,8 @@ def variant_label(settings: dict) -> str:
         parts.append(f"{settings['reg_passes']} passes of R")
     if settings.get("centering_weight"):
         parts.append(f"centred correction {settings['centering_weight']:g}")
+    if settings.get("ema_decay"):
+        parts.append(f"EMA of G {settings['ema_decay']:g}")
     return "RegGAN + " + " + ".join(parts) if parts else "RegGAN (variant)"
 
 
@@ -166,6 +168,7 @@ def sweep_model(args, mode: str, seed: int, size: tuple[int, int]):
         smoothness_weight=args.smoothness_weight,
         correction_weight=args.correction_weight,
         centering_weight=args.centering_weight,
+        ema_decay=args.ema_decay,
     )
 
 
@@ -265,6 +268,8 @@ def settings_of(args) -> dict:
         settings["reg_passes"] = args.reg_passes
     if args.centering_weight:
         settings["centering_weight"] = args.centering_weight
+    if args.ema_decay:
+        settings["ema_decay"] = args.ema_decay
     if args.device != "cpu":
         settings["device"] = args.device
     return settings
@@ -383,7 +388,9 @@ def report(args) -> None:
             f"{' --affine' if v.get('affine') else ''}"
             + (f" --affine-features {v.get('affine_features', 'mean')}" if v.get("affine") else "")
             + (f" --reg-passes {v['reg_passes']}" if v.get("reg_passes", 1) > 1 else "")
-            + f" --centering-weight {v.get('centering_weight', 0):g}`"
+            + f" --centering-weight {v.get('centering_weight', 0):g}"
+            + (f" --ema-decay {v['ema_decay']:g}" if v.get("ema_decay") else "")
+            + "`"
             for key, v in variants.items()
         )
         + (
@@ -582,6 +589,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=AFFINE_FEATURES,
         default="moments",
         help="what R's affine head reads (RegUNet's affine_features; only with --affine)",
+    )
+    parser.add_argument(
+        "--ema-decay",
+        dest="ema_decay",
+        type=float,
+        default=0.0,
+        help="evaluate an exponential moving average of G's weights (build_model's ema_decay; 0: off)",
     )
     parser.add_argument(
         "--reg-passes",

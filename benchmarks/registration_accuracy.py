@@ -59,6 +59,7 @@ VARIANTS: dict[str, dict[str, object]] = {
     "affine+diffeomorphic": {"affine": True, "diffeomorphic": True},
     "plain, 2 passes": {"passes": 2},
     "affine, 2 passes": {"affine": True, "passes": 2},
+    "affine, 3 passes": {"affine": True, "passes": 3},
     "affine+diffeomorphic, 2 passes": {"affine": True, "diffeomorphic": True, "passes": 2},
 }
 KINDS = ("affine", "elastic", "affine∘elastic")

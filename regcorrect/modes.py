@@ -12,7 +12,10 @@ One training step (:meth:`TranslationModel.train_step`) is:
    backward into the generators and R; optimizer steps;
 2. discriminator side: the detached fakes of step 1 (through the replay buffer, if any) and the
    real images; one backward; optimizer step — no second generator forward;
-3. scheduler step.
+3. scheduler step;
+4. with ``ema_decay > 0``, the running (exponential moving) average of the generators' weights
+   is updated (``torch.optim.swa_utils.AveragedModel``); :meth:`TranslationModel.translate`
+   then uses the averaged weights.
 
 With ``amp=True`` the networks run under bfloat16 autocast (CPU and CUDA); the warp, the losses
 and the optimizer state stay float32.
@@ -25,6 +28,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ._checks import check_choice, check_float, check_positive, check_rank
 from .backbones import METHODS, GeneratorOutput, Pix2Pix, TranslationBackbone
@@ -116,6 +121,9 @@ class TranslationModel(nn.Module):
         registration: the registration network R (+R modes) or ``None``.
         centering: the :class:`~regcorrect.losses.CenteredCorrection` of ``centering_weight > 0``
             in +R modes (its running mean is part of the state dict), else ``None``.
+        generator_average: with ``ema_decay > 0``, an ``AveragedModel`` holding the exponential
+            moving average of the generators' weights and buffers (``{name: generator}`` as in
+            ``backbone.generators()``; part of the state dict), else ``None``.
         optimizers: ``"generator"``, ``"discriminator"`` and, in +R modes, ``"registration"``.
         schedulers: one ``LambdaLR`` per optimizer (constant unless ``total_steps`` is given).
         step: number of completed training steps.
@@ -139,10 +147,13 @@ class TranslationModel(nn.Module):
         total_steps: int | None = None,
         decay_start: int | None = None,
         amp: bool = False,
+        ema_decay: float = 0.0,
         seed: int = 0,
     ) -> None:
         super().__init__()
         check_choice(mode, "mode", MODES)
+        if not isinstance(ema_decay, (int, float)) or not 0 <= ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {ema_decay!r}")
         if mode.endswith("+r") != (registration is not None):
             raise ValueError(
                 f"mode {mode!r} {'needs' if mode.endswith('+r') else 'takes no'} registration network"
@@ -162,6 +173,19 @@ class TranslationModel(nn.Module):
             else None
         )
         self.amp = bool(amp)
+        self.ema_decay = float(ema_decay)
+        # Only built when used, so default models keep their state-dict keys.
+        self.generator_average = (
+            AveragedModel(
+                nn.ModuleDict(backbone.generators()),
+                multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay),
+                use_buffers=True,
+            )
+            if self.ema_decay > 0
+            else None
+        )
+        if self.generator_average is not None:
+            self.generator_average.requires_grad_(False)
         self.step = 0
         self.gradient_hook: Callable[[Iterable[nn.Parameter]], None] | None = None
         self._replay_size = int(replay_buffer_size)
@@ -315,6 +339,8 @@ class TranslationModel(nn.Module):
         for name in generator_side:
             self._sync(name)
             self.optimizers[name].step()
+        if self.generator_average is not None:
+            self.generator_average.update_parameters(nn.ModuleDict(self.backbone.generators()))
 
         self.optimizers["discriminator"].zero_grad(set_to_none=True)
         fakes = {name: self._replay(name, image) for name, image in out.fakes.items()}
@@ -342,11 +368,13 @@ class TranslationModel(nn.Module):
         return self.replay_buffers[name].query(images.detach())
 
     @torch.no_grad()
-    def translate(self, source: Tensor) -> Tensor:
+    def translate(self, source: Tensor, *, average: bool = True) -> Tensor:
         """``G(x)`` in evaluation mode (the registration net is only for training).
 
         Args:
             source: ``(B, C_in, H, W)`` in ``[-1, 1]``.
+            average: with ``ema_decay > 0``, translate with the generators' averaged weights
+                (default) or, ``False``, with the trained weights themselves. Ignored otherwise.
 
         Returns:
             ``(B, C_out, H, W)`` float32 on the model's device.
@@ -356,11 +384,29 @@ class TranslationModel(nn.Module):
         was_training = self.training
         self.eval()
         try:
+            source = source.to(self.device, torch.float32)
             with self._autocast():
-                translated = self.backbone.translate(source.to(self.device, torch.float32))
+                if average and self.generator_average is not None:
+                    translated = functional_call(
+                        _Translator(self.backbone), self._averaged_weights(), (source,)
+                    )
+                else:
+                    translated = self.backbone.translate(source)
         finally:
             self.train(was_training)
         return translated.float()
+
+    def _averaged_weights(self) -> dict[str, Tensor]:
+        """The generators' averaged parameters and buffers, named as in ``_Translator``."""
+        assert self.generator_average is not None
+        paths = {id(module): name for name, module in self.backbone.named_modules()}
+        averaged = self.generator_average.module
+        weights = {}
+        for key, generator in self.backbone.generators().items():
+            prefix = "backbone." + paths[id(generator)]
+            for name, tensor in (*averaged[key].named_parameters(), *averaged[key].named_buffers()):
+                weights[f"{prefix}.{name}"] = tensor
+        return weights
 
     # ------------------------------------------------------------------ checkpoints
     def training_state(self) -> dict[str, Any]:
@@ -386,6 +432,17 @@ class TranslationModel(nn.Module):
             self.replay_buffers[key] = buffer
 
 
+class _Translator(nn.Module):
+    """``backbone.translate`` as a module's forward (for ``functional_call`` with other weights)."""
+
+    def __init__(self, backbone: TranslationBackbone) -> None:
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, source: Tensor) -> Tensor:
+        return self.backbone.translate(source)
+
+
 def build_model(
     method: str,
     mode: str,
@@ -405,6 +462,7 @@ def build_model(
     replay_buffer_size: int = 0,
     total_steps: int | None = None,
     decay_start: int | None = None,
+    ema_decay: float = 0.0,
     seed: int | None = None,
     **backbone_options: Any,
 ) -> TranslationModel:
@@ -441,6 +499,9 @@ def build_model(
         replay_buffer_size: discriminator history size (CycleGAN: 50; 0 = off).
         total_steps, decay_start: linear learning-rate decay to 0 from ``decay_start`` (default
             ``total_steps // 2``) to ``total_steps``; ``None`` = constant.
+        ema_decay: keep an exponential moving average of the generators' weights with this
+            decay (e.g. 0.999; 0, the default, keeps none) and translate with it: a standard GAN
+            practice that smooths the step-to-step swings of the generator.
         seed: seeds the network initialisation (``torch.manual_seed``) and the replay buffers.
         **backbone_options: passed to the backbone (widths, depths, the method's own loss
             weights, e.g. ``base_channels=16``, ``cycle_weight=10``, ``adversarial_weight=1``).
@@ -493,6 +554,7 @@ def build_model(
         total_steps=total_steps,
         decay_start=decay_start,
         amp=amp,
+        ema_decay=ema_decay,
         seed=0 if seed is None else seed,
     )
     if device is not None:

@@ -4,6 +4,7 @@ at 32×32 on CPU, plus the replay buffer, the learning-rate decay and checkpoint
 from __future__ import annotations
 
 import io
+from copy import deepcopy as copy_module
 from typing import Any
 
 import pytest
@@ -367,3 +368,67 @@ class TestCentering:
     def test_negative_weight_is_an_error(self) -> None:
         with pytest.raises(ValueError, match="centering_weight"):
             tiny_model("cyclegan", "nc+r", centering_weight=-1.0)
+
+
+class TestGeneratorAverage:
+    @pytest.mark.parametrize("method", list(TINY))
+    def test_average_is_the_papers_ema_of_every_generator(self, method: str) -> None:
+        decay = 0.6
+        model = tiny_model(method, "c", ema_decay=decay)
+        generators = model.backbone.generators()
+        history = []
+        for _ in range(3):
+            model.train_step(images(), images())
+            history.append(
+                {
+                    f"{key}.{name}": p.detach().clone()
+                    for key, net in generators.items()
+                    for name, p in net.named_parameters()
+                }
+            )
+        expected = dict(history[0])  # the first update copies, later ones average
+        for weights in history[1:]:
+            expected = {k: decay * expected[k] + (1 - decay) * weights[k] for k in expected}
+        averaged = dict(model.generator_average.module.named_parameters())
+        assert set(averaged) == set(expected)
+        for name, value in expected.items():
+            torch.testing.assert_close(averaged[name], value, msg=name)
+        assert int(model.generator_average.n_averaged) == 3
+
+    @pytest.mark.parametrize("method", list(TINY))
+    def test_translate_uses_the_average_unless_told(self, method: str) -> None:
+        model = tiny_model(method, "nc", ema_decay=0.5)
+        source = images()
+        before = model.translate(source)
+        torch.testing.assert_close(before, model.translate(source, average=False))  # step 0
+        for _ in range(2):
+            model.train_step(images(), images())
+        copy = copy_module(model.backbone)
+        for key, generator in copy.generators().items():
+            generator.load_state_dict(model.generator_average.module[key].state_dict())
+        copy.eval()
+        with torch.no_grad():
+            expected = copy.translate(source)
+            trained = model.backbone.eval().translate(source)
+        torch.testing.assert_close(model.translate(source), expected)
+        torch.testing.assert_close(model.translate(source, average=False), trained)
+        assert not torch.allclose(expected, trained)
+
+    def test_off_by_default_and_state_dict_round_trip(self) -> None:
+        plain = tiny_model("cyclegan", "nc+r")
+        assert plain.generator_average is None
+        assert not any(key.startswith("generator_average") for key in plain.state_dict())
+        model = tiny_model("cyclegan", "nc+r", ema_decay=0.9)
+        model.train_step(images(), images())
+        buffer = io.BytesIO()
+        torch.save(model.state_dict(), buffer)
+        buffer.seek(0)
+        other = tiny_model("cyclegan", "nc+r", ema_decay=0.9)
+        other.load_state_dict(torch.load(buffer, weights_only=True))
+        source = images()
+        torch.testing.assert_close(other.translate(source), model.translate(source))
+
+    @pytest.mark.parametrize("decay", [1.0, -0.1, "0.9", float("nan")])
+    def test_bad_decay(self, decay: Any) -> None:
+        with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
+            tiny_model("cyclegan", "nc", ema_decay=decay)

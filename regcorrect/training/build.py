@@ -61,6 +61,7 @@ def build_from_config(
             correction_weight=config.correction_weight,
             smoothness_weight=config.smoothness_weight,
             centering_weight=config.centering_weight,
+            ema_decay=config.ema_decay,
             registration=registration,
             replay_buffer_size=config.replay_buffer_size,
             total_steps=total_steps if decay_start is not None else None,

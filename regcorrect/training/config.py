@@ -81,8 +81,11 @@ class TrainingConfig:
         adversarial_weight, cycle_weight: the method's adversarial and cycle weights
             (``None``: the method's default).
         correction_weight, smoothness_weight: the +R loss weights (paper: 20, 10).
-        centering_weight: weight of the running-mean centering penalty on R's field (+R modes;
-            0, the default and the paper, turns it off; see ``docs/training.md``).
+        centering_weight: weight of the centred correction loss (+R modes; ``G`` also matched to
+            the target under R's field minus its running mean; 0, the default and the paper,
+            turns it off; see ``docs/training.md``).
+        ema_decay: decay of an exponential moving average of the generators' weights, used to
+            evaluate and translate (0, the default, keeps none; e.g. 0.999).
         replay_buffer_size: discriminator history (official code: 50; 0 = off).
 
     Data:
@@ -126,6 +129,7 @@ class TrainingConfig:
     correction_weight: float = 20.0
     smoothness_weight: float = 10.0
     centering_weight: float = 0.0
+    ema_decay: float = 0.0
     replay_buffer_size: int = 50
     data: str | list[str] = "icbm152"
     test_data: str | list[str] | None = None
@@ -208,6 +212,10 @@ class TrainingConfig:
         positive = ("steps", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every")
         for name in (*positive, "log_every"):
             _integer(getattr(self, name), name, minimum=1)
+        if not _is_number(self.ema_decay) or not 0 <= self.ema_decay < 1:
+            raise ConfigError(
+                f"ema_decay must be a number in [0, 1) (0: off), got {self.ema_decay!r}"
+            )
         for name in ("replay_buffer_size", "seed"):
             _integer(getattr(self, name), name, minimum=0)
         for name, minimum in (("epochs", 1), ("decay_start", 0), ("decay_start_epoch", 0)):

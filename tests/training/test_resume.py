@@ -33,8 +33,10 @@ def train_in_two_halves(tmp_path, **changes) -> Trainer:
         {"mode": "c+r", "steps": 4},
         # the centred correction's running mean is state too
         {"mode": "nc+r", "steps": 4, "centering_weight": 5.0},
+        # the generators' moving average is state too, and the evaluations use it
+        {"mode": "c", "steps": 4, "ema_decay": 0.5},
     ],
-    ids=["nc+r", "c+r", "nc+r-centred"],
+    ids=["nc+r", "c+r", "nc+r-centred", "c-ema"],
 )
 def test_resume_is_bit_identical(tmp_path, changes) -> None:
     whole = tiny_trainer(tmp_path / "whole", **changes)
