@@ -18,10 +18,9 @@ from torch import Tensor, nn
 
 from ._checks import check_choice, check_float, check_positive, check_rank
 from .losses.adversarial import GAN_MODES, discriminator_loss, generator_loss
-from .losses.centering import CenteredCorrection
+from .losses.centering import CenteredCorrection, target_foreground
 from .losses.correction import correction_loss
 from .losses.smoothness import smoothness_loss
-from .metrics import foreground_mask
 from .registration.regunet import RegistrationFields
 from .registration.warp import PADDING_MODES, warp
 
@@ -221,7 +220,7 @@ class RegistrationCorrection(nn.Module):
         }
         total = losses["correction"] + losses["smoothness"]
         if self.centering is not None:
-            weights = foreground_mask(target, mask).any(dim=1, keepdim=True)
+            weights = target_foreground(target, mask)
             losses["centering"] = self.centering_weight * self.centering(
                 translated, target, fields.displacement, weights, mask
             )

@@ -34,10 +34,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from ._checks import check_choice, check_float, check_positive, check_rank
 from .backbones import METHODS, GeneratorOutput, Pix2Pix, TranslationBackbone
 from .correction import frozen, run_registration
-from .losses.centering import CenteredCorrection
+from .losses.centering import CenteredCorrection, target_foreground
 from .losses.correction import correction_loss
 from .losses.smoothness import smoothness_loss
-from .metrics import foreground_mask
 from .registration.regunet import RegistrationFields, RegUNet
 from .registration.warp import warp
 
@@ -305,7 +304,7 @@ class TranslationModel(nn.Module):
                 if self.centering is not None:
                     # G matched to the target under R's field minus its persistent shift,
                     # tracked over the target's foreground (or the given mask).
-                    weights = foreground_mask(target, mask).any(dim=1, keepdim=True)
+                    weights = target_foreground(target, mask)
                     losses["centering"] = self.centering_weight * self.centering(
                         translated, target, fields.displacement.float(), weights, mask
                     )

@@ -2,7 +2,12 @@
 and the centred correction (ours, opt-in)."""
 
 from .adversarial import GAN_MODES, GANLoss, discriminator_loss, generator_loss
-from .centering import CenteredCorrection, batch_mean_displacement, centered_correction_loss
+from .centering import (
+    CenteredCorrection,
+    batch_mean_displacement,
+    centered_correction_loss,
+    target_foreground,
+)
 from .correction import CorrectionLoss, correction_loss
 from .cycle import CycleLoss, cycle_loss
 from .smoothness import BendingEnergy, SmoothnessLoss, bending_energy, smoothness_loss
@@ -23,4 +28,5 @@ __all__ = [
     "centered_correction_loss",
     "CenteredCorrection",
     "batch_mean_displacement",
+    "target_foreground",
 ]

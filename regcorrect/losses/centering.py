@@ -34,10 +34,23 @@ from .._checks import (
     check_spatial_dims,
     check_tensor,
 )
+from ..metrics import foreground_mask
 from ..registration.warp import PADDING_MODES, warp
 from .correction import correction_loss
 
-__all__ = ["batch_mean_displacement", "centered_correction_loss", "CenteredCorrection"]
+__all__ = [
+    "batch_mean_displacement",
+    "centered_correction_loss",
+    "CenteredCorrection",
+    "target_foreground",
+]
+
+
+def target_foreground(target: Tensor, mask: Tensor | None = None) -> Tensor:
+    """``(B, 1, *spatial)`` boolean: pixels where ``mask`` (broadcast) or any channel of
+    ``target`` is foreground (``!= -1``) — the weights :class:`CenteredCorrection` tracks R's
+    mean field over in the training steps."""
+    return foreground_mask(target, mask).any(dim=1, keepdim=True)
 
 
 def _check_weights(weights: Tensor | None, displacement: Tensor) -> None:

@@ -13,6 +13,7 @@ from regcorrect.losses import (
     batch_mean_displacement,
     centered_correction_loss,
     correction_loss,
+    target_foreground,
 )
 from regcorrect.registration import warp
 
@@ -182,3 +183,14 @@ def test_module_argument_errors():
     image = torch.rand(1, 1, 4, 4)
     with pytest.raises(ValueError, match=r"3 channels.*\(1, 2, 4, 4\)"):
         CenteredCorrection(3)(image, image, torch.zeros(1, 2, 4, 4))
+
+
+def test_target_foreground_is_any_channel_or_the_mask() -> None:
+    target = -torch.ones(2, 3, 4, 5)
+    target[0, 1, 2, 3] = 0.5  # one channel of one pixel in the brain
+    weights = target_foreground(target)
+    assert weights.shape == (2, 1, 4, 5) and weights.dtype == torch.bool
+    assert weights.nonzero().tolist() == [[0, 0, 2, 3]]
+    mask = torch.zeros(2, 1, 4, 5)
+    mask[1, :, 0] = 1.0
+    assert target_foreground(target, mask).nonzero()[:, 0].unique().tolist() == [1]
