@@ -171,6 +171,11 @@ def _moment_basis(shape: tuple[int, ...], device: torch.device, dtype: torch.dty
         return torch.stack(columns, dim=1)
 
 
+def moment_count(spatial_dims: int) -> int:
+    """Columns of :func:`moment_basis` in ``spatial_dims`` dimensions: ``1 + N + N (N + 1) / 2``."""
+    return 1 + spatial_dims + spatial_dims * (spatial_dims + 1) // 2
+
+
 def moment_basis(
     spatial: Sequence[int],
     *,
@@ -180,7 +185,7 @@ def moment_basis(
     """Monomials of order 0–2 of :func:`centred_coordinates`, as ``(P, M)``.
 
     Columns: ``1``, each coordinate ``c_i``, then each product ``c_i c_j`` with ``i <= j``
-    (axis order), so ``M = 1 + N + N (N + 1) / 2`` (6 in 2D, 10 in 3D). Cached per
+    (axis order), so ``M =`` :func:`moment_count` ``(N)`` (6 in 2D, 10 in 3D). Cached per
     ``(spatial, device, dtype)``; do not modify it in place.
     """
     return _moment_basis(tuple(int(s) for s in spatial), *_device_and_dtype(device, dtype))

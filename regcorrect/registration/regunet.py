@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from .._checks import check_choice, check_float, check_rank, check_spatial_dims
 from .fields import compose, integrate_velocity
-from .grid import centred_coordinates, moment_basis
+from .grid import centred_coordinates, moment_basis, moment_count
 from .warp import warp
 
 __all__ = ["RegUNet", "RegistrationFields", "PAPER_CHANNELS", "AFFINE_FEATURES"]
@@ -91,8 +91,7 @@ def _affine_head_inputs(spatial_dims: int, channels: Sequence[int], features: st
     moments (``moment_basis`` columns) of the finest ``_MOMENT_LEVELS`` levels' features."""
     width = 2 * channels[-1]
     if features == "moments":
-        moments = 1 + spatial_dims + spatial_dims * (spatial_dims + 1) // 2
-        width += moments * sum(channels[:_MOMENT_LEVELS])
+        width += moment_count(spatial_dims) * sum(channels[:_MOMENT_LEVELS])
     return width
 
 

@@ -22,7 +22,7 @@ from regcorrect.registration import (
     affine_to_displacement,
     folding_fraction,
 )
-from regcorrect.registration.grid import centred_coordinates, moment_basis
+from regcorrect.registration.grid import centred_coordinates, moment_basis, moment_count
 
 SMALL = (8, 16, 16, 16)
 
@@ -271,7 +271,11 @@ class TestAffineFeatures:
         expected += [coords[i] * coords[j] for i in range(n) for j in range(i, n)]
         basis = moment_basis(spatial, dtype=torch.float64)
         np.testing.assert_allclose(basis.numpy(), np.stack(expected, axis=1), atol=1e-12)
-        assert basis.shape == (math.prod(spatial), 1 + n + n * (n + 1) // 2)
+        assert (
+            basis.shape
+            == (math.prod(spatial), 1 + n + n * (n + 1) // 2)
+            == (basis.shape[0], moment_count(n))
+        )
         coordinates = centred_coordinates(spatial, dtype=torch.float64)
         np.testing.assert_allclose(coordinates.numpy(), np.stack(coords), atol=1e-12)
         assert float(coordinates.abs().max()) == 1.0  # the longest axis spans [-1, 1]
