@@ -160,3 +160,32 @@ def test_generator_drift_quick_run_reports_both_modes() -> None:
     rows = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert [row["mode"] for row in rows] == ["nc+r", "pix2pix"]
     assert all(row["nmae_after_best_shift"] <= row["nmae"] for row in rows)
+
+
+def test_device_check_logs_and_packs(tmp_path) -> None:
+    """The GPU-lease script's frame on the CPU: environment line, summary and archive."""
+    out = tmp_path / "device"
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "device_check.py"),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--deadline",
+            "60",
+            "--skip",
+            "suite",
+            "warp",
+            "step_speed",
+            "sweep",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    summary = (out / "summary.txt").read_text()
+    assert "torch, kornia, GPU" in summary
+    assert (tmp_path / "device_check.tar.gz").stat().st_size > 0
