@@ -38,8 +38,10 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -265,6 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument(
+        "--save", help="write each trained R's state dict to this folder (<variant>_<steps>.pt)"
+    )
+    parser.add_argument(
+        "--load", help="evaluate the state dicts a --save run wrote here instead of training"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke test (few steps)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -304,17 +312,25 @@ def main(argv: list[str] | None = None) -> int:
     for name in args.variants:
         torch.manual_seed(args.seed)
         reg_net = RegUNet(spatial_dims=2, in_channels=2, channels=args.channels, **VARIANTS[name])
+        weights = re.sub(r"[^0-9A-Za-z]+", "_", name).strip("_") + f"_{args.steps}.pt"
         start = time.perf_counter()
-        final_loss = train(
-            reg_net,
-            train_images,
-            train_masks,
-            steps=args.steps,
-            batch=args.batch,
-            lr=args.lr,
-            amplitude=args.amplitude,
-            seed=args.seed,
-        )
+        if args.load:
+            reg_net.load_state_dict(torch.load(Path(args.load) / weights, weights_only=True))
+            final_loss = float("nan")  # not trained here
+        else:
+            final_loss = train(
+                reg_net,
+                train_images,
+                train_masks,
+                steps=args.steps,
+                batch=args.batch,
+                lr=args.lr,
+                amplitude=args.amplitude,
+                seed=args.seed,
+            )
+        if args.save:
+            Path(args.save).mkdir(parents=True, exist_ok=True)
+            torch.save(reg_net.state_dict(), Path(args.save) / weights)
         timing[name] = (time.perf_counter() - start, final_loss)
         results[name] = evaluate(
             reg_net, test_images, test_masks, seed=args.seed + 1, **eval_options
