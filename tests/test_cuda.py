@@ -188,7 +188,7 @@ def test_checkpoint_from_cuda_loads_on_cpu() -> None:
     model.train_step(*(torch.rand(2, 2, 1, 32, 32) * 2 - 1))
     state = model.state_dict()
     on_cpu = build_model("cyclegan", "nc+r", seed=1, **TINY["cyclegan"])
-    on_cpu.load_state_dict({k: v for k, v in state.items()})
+    on_cpu.load_state_dict(state)
     source = torch.rand(2, 1, 32, 32) * 2 - 1
     torch.testing.assert_close(
         on_cpu.translate(source), model.translate(source).cpu(), atol=1e-4, rtol=1e-4
