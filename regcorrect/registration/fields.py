@@ -31,7 +31,8 @@ def compose(first: Tensor, second: Tensor) -> Tensor:
 
     Args:
         first: ``u``, ``(B, N, *spatial)``, the field applied last (outer warp).
-        second: ``v``, same shape (or batch 1), the field applied first (inner warp).
+        second: ``v``, same field shape, the field applied first (inner warp); the two batch
+            sizes must be equal or one of them 1 (broadcast).
 
     Returns:
         ``(B, N, *spatial)``. ``second`` is resampled with border padding.
@@ -44,6 +45,11 @@ def compose(first: Tensor, second: Tensor) -> Tensor:
     n = check_displacement(first, "first")
     check_displacement(second, "second")
     check_same_device(first=first, second=second)
+    if first.shape[0] != second.shape[0] and 1 not in (first.shape[0], second.shape[0]):
+        raise ValueError(
+            f"first and second must have the same batch size, or one of them 1 (broadcast), got "
+            f"{tuple(first.shape)} and {tuple(second.shape)}"
+        )
     if second.shape[1:] != first.shape[1:]:
         raise ValueError(
             f"first and second must have the same field shape (B, {n}, *spatial), got "
@@ -187,7 +193,14 @@ def affine_to_displacement(matrix: Tensor, spatial_shape: tuple[int, ...]) -> Te
     square = torch.zeros(matrix.shape[0], n + 1, n + 1, device=matrix.device, dtype=dtype)
     square[:, :n, :] = matrix
     square[:, n, n] = 1.0
-    inverse = torch.linalg.inv(square)[:, :n, :]  # destination -> source, (x, y[, z]) order
+    inverse, info = torch.linalg.inv_ex(square)  # destination -> source, (x, y[, z]) order
+    if bool(info.any()):
+        singular = info.nonzero().flatten().tolist()
+        raise ValueError(
+            f"matrix must be invertible (an affine map that does not collapse the image), but "
+            f"the matrices at batch index {singular} are singular"
+        )
+    inverse = inverse[:, :n, :]
     axes = [torch.arange(s, device=matrix.device, dtype=dtype) for s in shape]
     mesh = torch.meshgrid(*axes, indexing="ij")  # axis order (z, y, x) / (y, x)
     points = torch.stack([*reversed(mesh), torch.ones_like(mesh[0])], dim=0)  # (x, y[, z], 1)

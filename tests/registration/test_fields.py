@@ -65,6 +65,11 @@ class TestCompose:
         with pytest.raises(ValueError, match="first on cpu, second on meta"):
             compose(torch.zeros(1, 2, 6, 6), torch.zeros(1, 2, 6, 6, device="meta"))
 
+    def test_batch_must_match_or_broadcast(self):
+        with pytest.raises(ValueError, match="same batch size, or one of them 1"):
+            compose(torch.zeros(2, 2, 6, 6), torch.zeros(3, 2, 6, 6))
+        assert compose(torch.zeros(1, 2, 6, 6), torch.ones(3, 2, 6, 6)).shape == (3, 2, 6, 6)
+
 
 class TestIntegrateVelocity:
     def test_zero_steps_returns_velocity(self):
@@ -183,3 +188,6 @@ class TestAffineToDisplacement:
             affine_to_displacement(torch.eye(3)[:2, :2], (4, 4))
         with pytest.raises(ValueError, match="spatial_shape"):
             affine_to_displacement(torch.eye(3)[:2], (4, 4, 4))
+        collapsed = torch.stack([torch.eye(3)[:2], torch.tensor([[1.0, 2, 0], [0.5, 1, 0]])])
+        with pytest.raises(ValueError, match=r"invertible.*batch index \[1\]"):
+            affine_to_displacement(collapsed, (4, 4))
