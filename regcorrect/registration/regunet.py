@@ -357,6 +357,17 @@ class RegUNet(nn.Module):
                 f"x must have in_channels={self.in_channels} channels (cat([moving, fixed], dim=1)), "
                 f"got shape {tuple(x.shape)}"
             )
+        weight = next(self.parameters())
+        if x.device != weight.device:
+            raise ValueError(f"x is on {x.device} but RegUNet's weights are on {weight.device}")
+        allowed = {weight.dtype}
+        if torch.is_autocast_enabled(x.device.type):  # autocast casts these for the convolutions
+            allowed |= {torch.float32, torch.bfloat16, torch.float16}
+        if x.dtype not in allowed:
+            raise TypeError(
+                f"x has dtype {x.dtype} but RegUNet's weights are {weight.dtype}: convert one of "
+                f"them (x.to({weight.dtype}) or net.to({x.dtype}))"
+            )
         if self.levels_for(x.shape[2:]) < 2:
             needed = self.min_bottleneck * 4
             raise ValueError(

@@ -548,3 +548,21 @@ def test_edge_padded_conv_equals_replicate_padding(spatial_dims):
     x = torch.randn(2, 3, *(5, 6, 7)[:spatial_dims], dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(ours(x), reference(x))
     assert torch.autograd.gradcheck(ours, (x,))
+
+
+class TestInputDtypeAndDevice:
+    def test_dtype_must_match_the_weights_outside_autocast(self):
+        net = RegUNet(channels=SMALL)
+        with pytest.raises(TypeError, match="x has dtype torch.float64 but RegUNet's weights"):
+            net(torch.zeros(1, 2, 32, 32, dtype=torch.float64))
+        with pytest.raises(TypeError, match="torch.bfloat16"):
+            net(torch.zeros(1, 2, 32, 32, dtype=torch.bfloat16))
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts float32 and bf16
+            assert net(torch.zeros(1, 2, 32, 32, dtype=torch.bfloat16)).shape == (1, 2, 32, 32)
+            with pytest.raises(TypeError, match="float64"):
+                net(torch.zeros(1, 2, 32, 32, dtype=torch.float64))
+        assert net.double()(torch.zeros(1, 2, 32, 32, dtype=torch.float64)).dtype == torch.float64
+
+    def test_device_must_match_the_weights(self):
+        with pytest.raises(ValueError, match="x is on meta but RegUNet's weights are on cpu"):
+            RegUNet(channels=SMALL)(torch.zeros(1, 2, 32, 32, device="meta"))
