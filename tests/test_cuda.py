@@ -94,7 +94,9 @@ def test_fields_match_cpu() -> None:
         result = function(*(a.to(DEVICE) for a in args))
         assert result.device.type == DEVICE.type, function.__name__
         torch.testing.assert_close(result.cpu(), expected, atol=1e-4, rtol=1e-4)
-    assert folding_fraction(u.to(DEVICE)).cpu().tolist() == folding_fraction(u).tolist()
+    # a pixel whose determinant is ~0 may fall either side: allow one pixel per image
+    difference = (folding_fraction(u.to(DEVICE)).cpu() - folding_fraction(u)).abs()
+    assert float(difference.max()) <= 1 / (24 * 28)
     matrix = torch.tensor([[[0.98, -0.17, 2.0], [0.17, 0.98, -1.5]]])
     torch.testing.assert_close(
         affine_to_displacement(matrix.to(DEVICE), (24, 28)).cpu(),
