@@ -38,7 +38,13 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_float, check_rank, check_spatial_dims
+from .._checks import (
+    check_choice,
+    check_float,
+    check_rank,
+    check_same_device,
+    check_spatial_dims,
+)
 from .fields import compose, integrate_velocity
 from .grid import centred_coordinates, moment_basis, moment_count
 from .warp import warp
@@ -358,8 +364,7 @@ class RegUNet(nn.Module):
                 f"got shape {tuple(x.shape)}"
             )
         weight = next(self.parameters())
-        if x.device != weight.device:
-            raise ValueError(f"x is on {x.device} but RegUNet's weights are on {weight.device}")
+        check_same_device(x=x, weights=weight)
         allowed = {weight.dtype}
         if torch.is_autocast_enabled(x.device.type):  # autocast casts these for the convolutions
             allowed |= {torch.float32, torch.bfloat16, torch.float16}

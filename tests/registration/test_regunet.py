@@ -564,5 +564,5 @@ class TestInputDtypeAndDevice:
         assert net.double()(torch.zeros(1, 2, 32, 32, dtype=torch.float64)).dtype == torch.float64
 
     def test_device_must_match_the_weights(self):
-        with pytest.raises(ValueError, match="x is on meta but RegUNet's weights are on cpu"):
+        with pytest.raises(ValueError, match="x on meta, weights on cpu"):
             RegUNet(channels=SMALL)(torch.zeros(1, 2, 32, 32, device="meta"))
