@@ -185,7 +185,8 @@ def main() -> None:
         text=True,
     )
     log(out, f"python {sys.version.split()[0]}; torch, kornia, GPU: {env_lines.stdout.strip()}")
-    log(out, env_lines.stderr.strip()[-2000:])
+    if env_lines.stderr.strip():
+        log(out, env_lines.stderr.strip()[-2000:])
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     python, device = sys.executable, args.device
     if "suite" not in args.skip:

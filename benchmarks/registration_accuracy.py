@@ -51,6 +51,7 @@ from torch import Tensor, nn
 from regcorrect import RegistrationCorrection, RegUNet, warp
 from regcorrect.data import Misalignment, icbm152
 from regcorrect.registration import affine_to_displacement, compose, folding_fraction
+from regcorrect.training.checkpoint import atomic_torch_save
 
 #: R variants: name -> RegUNet options.
 VARIANTS: dict[str, dict[str, object]] = {
@@ -330,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         if args.save:
             Path(args.save).mkdir(parents=True, exist_ok=True)
-            torch.save(reg_net.state_dict(), Path(args.save) / weights)
+            atomic_torch_save(reg_net.state_dict(), Path(args.save) / weights)
         timing[name] = (time.perf_counter() - start, final_loss)
         results[name] = evaluate(
             reg_net, test_images, test_masks, seed=args.seed + 1, **eval_options
