@@ -174,17 +174,13 @@ class TranslationModel(nn.Module):
         self.amp = bool(amp)
         self.ema_decay = float(ema_decay)
         # Only built when used, so default models keep their state-dict keys.
-        self.generator_average = (
-            AveragedModel(
+        self.generator_average: AveragedModel | None = None
+        if self.ema_decay > 0:
+            self.generator_average = AveragedModel(
                 nn.ModuleDict(backbone.generators()),
                 multi_avg_fn=get_ema_multi_avg_fn(self.ema_decay),
                 use_buffers=True,
-            )
-            if self.ema_decay > 0
-            else None
-        )
-        if self.generator_average is not None:
-            self.generator_average.requires_grad_(False)
+            ).requires_grad_(False)
         self.step = 0
         self.gradient_hook: Callable[[Iterable[nn.Parameter]], None] | None = None
         self._replay_size = int(replay_buffer_size)
