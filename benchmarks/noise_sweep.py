@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from collections import Counter
@@ -29,7 +30,7 @@ import numpy as np
 import torch
 
 from regcorrect import build_model, warp
-from regcorrect.data import Misalignment, icbm152
+from regcorrect.data import Misalignment, PairAugmentation, icbm152
 from regcorrect.metrics import nmae, psnr, ssim
 from regcorrect.registration import AFFINE_FEATURES
 
@@ -192,6 +193,7 @@ def train_one(args, mode: str, level: int, seed: int, train, test) -> dict:
         Misalignment(level),
         train,
         test,
+        augmentation=PairAugmentation() if args.augment else None,
         steps=args.steps,
         batch=args.batch,
         seed=seed,
@@ -215,8 +217,24 @@ def train_one(args, mode: str, level: int, seed: int, train, test) -> dict:
     }
 
 
-def fit(model, noise, train, test, *, steps, batch, seed, eval_every, last_evals, label):
+def fit(
+    model,
+    noise,
+    train,
+    test,
+    *,
+    steps,
+    batch,
+    seed,
+    eval_every,
+    last_evals,
+    label,
+    augmentation: PairAugmentation | None = None,
+):
     """Train ``model`` on independently misaligned pairs; evaluate every ``eval_every`` steps.
+
+    With an ``augmentation``, each aligned pair is first moved by one joint random transform
+    (drawn before the noise, from the same generator).
 
     Returns:
         (history of evaluations with the losses of that step, mean metrics of the last
@@ -227,8 +245,12 @@ def fit(model, noise, train, test, *, steps, batch, seed, eval_every, last_evals
     start = time.perf_counter()
     for step in range(1, steps + 1):
         index = torch.randint(len(train.source), (batch,), generator=generator)
-        source, _ = noise(train.source[index], generator=generator)
-        target, _ = noise(train.target[index], generator=generator)
+        source, target = train.source[index], train.target[index]
+        if augmentation is not None:
+            both = augmentation(torch.cat([source, target], dim=1), generator=generator)
+            source, target = both[:, :1], both[:, 1:]
+        source, _ = noise(source, generator=generator)
+        target, _ = noise(target, generator=generator)
         losses = model.train_step(source, target)
         if step % eval_every == 0 or step == steps:
             metrics = evaluate(model, test)
@@ -272,6 +294,8 @@ def settings_of(args) -> dict:
         settings["ema_decay"] = args.ema_decay
     if args.device != "cpu":
         settings["device"] = args.device
+    if args.augment:
+        settings["augment"] = repr(PairAugmentation())
     return settings
 
 
@@ -381,6 +405,8 @@ def report(args) -> None:
         f"{' '.join(m for m in modes if m not in variants)}"
         f" --eval-every {settings['eval_every']} --last-evals {settings['last_evals']}"
         f"{' --amp' if settings['amp'] else ''}{' --affine' if settings.get('affine') else ''}"
+        f"{' --augment' if settings.get('augment') else ''}"
+        f"{' --results ' + os.path.relpath(results, ROOT) if results.resolve().parent != ROOT / 'docs' / 'results' else ''}"
         f"{' --device ' + settings['device'] if 'device' in settings else ''}`"
         " then `--report`"
         + "".join(
@@ -400,7 +426,13 @@ def report(args) -> None:
             else ""
         ),
         f"- Data: ICBM152 2009c, spacing {settings['spacing']} mm, padded/cropped to "
-        f"{tuple(settings['size'])}; {len(train.source)} training / {len(test.source)} test slices.",
+        f"{tuple(settings['size'])}; {len(train.source)} training / {len(test.source)} test slices"
+        + (
+            f"; every training pair first moved by one joint {settings['augment']} "
+            "(the same transform for source and target, before the noise)."
+            if settings.get("augment")
+            else "."
+        ),
         f"- CycleGAN ResNet generator, base channels {settings['base_channels']}, "
         f"{settings['residual_blocks']} residual blocks; PatchGAN with {settings['base_channels']} "
         f"channels; R = RegUNet(affine={settings['affine']}, channels={tuple(settings['reg_channels'])}).",
@@ -596,6 +628,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="evaluate an exponential moving average of G's weights (build_model's ema_decay; 0: off)",
+    )
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="move each aligned training pair by one joint random flip and affine "
+        "(PairAugmentation's defaults) before the noise, for every mode alike",
     )
     parser.add_argument(
         "--reg-passes",

@@ -1,9 +1,11 @@
-"""Data: bundled ICBM152 MRI slices, file readers, intensity normalisation, misalignment noise.
+"""Data: bundled ICBM152 MRI slices, file readers, intensity normalisation, misalignment noise,
+joint augmentation.
 
 See ``docs/data.md``. Images are ``(N, 1, H, W)`` float32 in ``[-1, 1]`` with the background at
 exactly ``-1``.
 """
 
+from regcorrect.data.augmentation import PairAugmentation
 from regcorrect.data.datasets import AlignedPairs, MisalignedPairs
 from regcorrect.data.icbm152 import ICBM152_TEST_FRACTION, icbm152
 from regcorrect.data.misalignment import NOISE_LEVELS, Misalignment
@@ -25,6 +27,7 @@ __all__ = [
     "Misalignment",
     "NOISE_LEVELS",
     "NiftiSlices",
+    "PairAugmentation",
     "PairedSlices",
     "icbm152",
     "normalize_intensity",

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from regcorrect.data.augmentation import PairAugmentation
 from regcorrect.data.misalignment import Misalignment
 from regcorrect.data.paired import PairedSlices
 
@@ -89,7 +90,9 @@ class MisalignedPairs(Dataset):
     training sees the samples it would have seen.
 
     Per item, in this order: the partner slice (unpaired mode only), the source's transform,
-    the target's transform (see :class:`Misalignment` for the convention).
+    the target's transform (see :class:`Misalignment` for the convention), and, with an
+    ``augmentation``, one joint transform applied to the aligned slices (source, target, mask
+    and the partner's target alike) *before* the noise.
 
     Besides the module's keys an item holds ``target_index`` (the slice the target comes from)
     and ``source_matrix`` / ``target_matrix`` ``(2, 3)``, the transforms applied.
@@ -103,6 +106,9 @@ class MisalignedPairs(Dataset):
         seed: base seed ``>= 0``.
         warp_source: ``False`` keeps the source (and mask) unwarped and only the target noisy;
             the official code warps both (default ``True``).
+        augmentation: optional :class:`PairAugmentation` (random flip and affine shared by the
+            slices of the pair, so their misalignment stays the noise's alone); ``None`` (default)
+            adds none.
 
     Example:
         >>> from regcorrect.data import icbm152
@@ -120,6 +126,7 @@ class MisalignedPairs(Dataset):
         paired: bool = True,
         seed: int = 0,
         warp_source: bool = True,
+        augmentation: PairAugmentation | None = None,
     ) -> None:
         self.pairs = _check_pairs(pairs)
         if not isinstance(misalignment, Misalignment):
@@ -131,7 +138,12 @@ class MisalignedPairs(Dataset):
                 raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
         if not paired and len(pairs) < 2:
             raise ValueError(f"unpaired mode needs pairs with at least 2 slices, got {len(pairs)}")
+        if augmentation is not None and not isinstance(augmentation, PairAugmentation):
+            raise TypeError(
+                f"augmentation must be a PairAugmentation or None, got {type(augmentation).__name__}"
+            )
         self.misalignment = misalignment
+        self.augmentation = augmentation
         self.paired = paired
         self.seed = _check_count(seed, "seed")
         self.warp_source = warp_source
@@ -162,12 +174,17 @@ class MisalignedPairs(Dataset):
             source_params = Misalignment.identity_params(1)
         pairs = self.pairs
         stack = torch.cat(
-            [pairs.source[index], pairs.target[index], pairs.mask[index].float() * 2.0 - 1.0]
-        )
-        warped, source_matrix = self.misalignment(stack.unsqueeze(0), params=source_params)
-        target, target_matrix = self.misalignment(
-            pairs.target[partner].unsqueeze(0), params=target_params
-        )
+            [
+                pairs.source[index],
+                pairs.target[index],
+                pairs.mask[index].float() * 2.0 - 1.0,
+                pairs.target[partner],
+            ]
+        ).unsqueeze(0)
+        if self.augmentation is not None:
+            stack = self.augmentation(stack, params=self.augmentation.sample_params(1, generator))
+        warped, source_matrix = self.misalignment(stack[:, :3], params=source_params)
+        target, target_matrix = self.misalignment(stack[:, 3:], params=target_params)
         return {
             "source": warped[0, 0:1],
             "target": target[0],

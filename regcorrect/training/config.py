@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from ..backbones import METHODS
-from ..data import NOISE_LEVELS
+from ..data import NOISE_LEVELS, PairAugmentation
 from ..modes import MODES
 
 __all__ = ["TrainingConfig", "ConfigError", "load_config", "OFFICIAL_KEYS", "DEVICES"]
@@ -99,6 +99,10 @@ class TrainingConfig:
         size: ``H`` (square) or ``[H, W]`` to centre-pad or crop to, after resampling.
         noise_level: misalignment level 0-5 of the paper's Table 2.
         paired: ``False`` for the unpaired setting (targets from other slices).
+        augmentation: ``null`` (default: none) or keyword arguments of
+            :class:`~regcorrect.data.PairAugmentation` (``{}`` for its defaults: flip, ±10°,
+            ±5 %, scale 0.55–1.05), one random transform shared by source and target before the
+            misalignment noise.
 
     Optimisation:
         steps: training steps (one batch each); ``epochs`` overrides it when given.
@@ -139,6 +143,7 @@ class TrainingConfig:
     size: int | list[int] | None = None
     noise_level: int = 1
     paired: bool = True
+    augmentation: dict[str, Any] | None = None
     steps: int = 20000
     epochs: int | None = None
     batch_size: int = 1
@@ -176,6 +181,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if isinstance(value, tuple):
                 setattr(self, name, list(value))
+        if isinstance(self.augmentation, dict) and "scale_range" in self.augmentation:
+            self.augmentation["scale_range"] = _as_list(self.augmentation["scale_range"])
         for name in ("backbone", "registration"):
             value = getattr(self, name)
             if value is None:
@@ -240,6 +247,7 @@ class TrainingConfig:
         if self.spacing is not None and (not _is_number(self.spacing) or not self.spacing > 0):
             raise ConfigError(f"spacing must be a number > 0 (mm) or null, got {self.spacing!r}")
         _check_size(self.size)
+        self.pair_augmentation()  # raises ConfigError on bad options
         _check_source(self.data, "data", optional=False)
         _check_source(self.test_data, "test_data", optional=True)
         if self.out_dir is not None and not isinstance(self.out_dir, str):
@@ -254,6 +262,24 @@ class TrainingConfig:
         if _is_int(self.size):
             return (self.size, self.size)
         return (int(self.size[0]), int(self.size[1]))
+
+    def pair_augmentation(self) -> PairAugmentation | None:
+        """The :class:`~regcorrect.data.PairAugmentation` that ``augmentation`` describes, or
+        ``None``."""
+        if self.augmentation is None:
+            return None
+        if not isinstance(self.augmentation, dict) or not all(
+            isinstance(k, str) for k in self.augmentation
+        ):
+            raise ConfigError(
+                "augmentation must be null or a mapping of PairAugmentation options "
+                f"(rotation_deg, translation_frac, scale_range, flip_probability), got "
+                f"{self.augmentation!r}"
+            )
+        try:
+            return PairAugmentation(**self.augmentation)
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"augmentation: {error}") from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values (lists, dicts, str, numbers), for YAML, JSON and checkpoints."""

@@ -165,6 +165,7 @@ class Trainer:
             misalignment=Misalignment(config.noise_level),
             paired=config.paired,
             seed=config.seed,
+            augmentation=config.pair_augmentation(),
         )
         self.train_history: list[dict[str, float]] = []
         self.eval_history: list[dict[str, float]] = []

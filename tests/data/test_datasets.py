@@ -2,7 +2,14 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from regcorrect.data import AlignedPairs, MisalignedPairs, Misalignment, PairedSlices, icbm152
+from regcorrect.data import (
+    AlignedPairs,
+    MisalignedPairs,
+    Misalignment,
+    PairAugmentation,
+    PairedSlices,
+    icbm152,
+)
 
 KEYS = {"source", "target", "aligned_target", "mask", "index"}
 
@@ -90,6 +97,30 @@ class TestMisalignedPairs:
         assert torch.equal(item["mask"], pairs.mask[1])
         assert not torch.equal(item["target"], pairs.target[1])
 
+    def test_augmentation_moves_the_pair_alike(self) -> None:
+        pairs = make_pairs()
+        augment = PairAugmentation()
+        plain = MisalignedPairs(pairs, misalignment=Misalignment(0), seed=2)
+        data = MisalignedPairs(pairs, misalignment=Misalignment(0), seed=2, augmentation=augment)
+        for i in range(3):
+            item, reference = data[i], plain[i]
+            # the augmentation draws after the noise, from the item's generator
+            generator = data.generator(i)
+            for _ in range(2):
+                Misalignment(0).sample_params(1, generator)
+            drawn = augment.sample_params(1, generator)
+            stack = torch.cat([pairs.source[i], pairs.target[i]]).unsqueeze(0)
+            expected = augment(stack, params=drawn)[0]
+            assert torch.equal(item["source"], expected[:1])
+            assert torch.equal(item["target"], expected[1:])
+            assert torch.equal(item["aligned_target"], item["target"])  # still aligned
+            assert not torch.equal(item["source"], reference["source"])
+        # with noise the matrices (the misalignment) are those of the plain dataset
+        noisy = MisalignedPairs(pairs, misalignment=Misalignment(4), seed=2, augmentation=augment)
+        plain = MisalignedPairs(pairs, misalignment=Misalignment(4), seed=2)
+        assert torch.equal(noisy[1]["target_matrix"], plain[1]["target_matrix"])
+        assert torch.equal(noisy[1]["source_matrix"], plain[1]["source_matrix"])
+
     def test_dataloader_on_icbm152(self) -> None:
         data = MisalignedPairs(icbm152("test", spacing=4.0), misalignment=Misalignment(2))
         batch = next(iter(DataLoader(data, batch_size=4)))
@@ -106,6 +137,8 @@ class TestMisalignedPairs:
             MisalignedPairs(pairs[0], misalignment=Misalignment(1), paired=False)
         with pytest.raises(ValueError, match="seed"):
             MisalignedPairs(pairs, misalignment=Misalignment(1), seed=-1)
+        with pytest.raises(TypeError, match="augmentation must be a PairAugmentation"):
+            MisalignedPairs(pairs, misalignment=Misalignment(1), augmentation={"flip": 1})  # type: ignore[arg-type]
         data = MisalignedPairs(pairs, misalignment=Misalignment(1))
         with pytest.raises(ValueError, match="epoch"):
             data.set_epoch(-1)

@@ -92,11 +92,23 @@ class TestTrainingConfig:
             ("centering_weight", -0.5, "centering_weight must be a number >= 0"),
             ("backbone", [1, 2], "backbone must be a mapping"),
             ("test_fraction", 1.0, "test_fraction"),
+            ("augmentation", [1, 2], "augmentation must be null or a mapping"),
+            ("augmentation", {"flip_probability": 2}, "augmentation: flip_probability"),
+            ("augmentation", {"zoom": 0.5}, "augmentation: .*zoom"),
         ],
     )
     def test_invalid_values(self, key: str, value: object, match: str) -> None:
         with pytest.raises(ConfigError, match=match):
             TrainingConfig(**{key: value})
+
+    def test_augmentation(self, tmp_path) -> None:
+        assert TrainingConfig().pair_augmentation() is None
+        config = TrainingConfig(augmentation={"scale_range": (0.7, 1.0), "rotation_deg": 3})
+        assert config.augmentation == {"scale_range": [0.7, 1.0], "rotation_deg": 3}
+        augment = config.pair_augmentation()
+        assert augment.scale_range == (0.7, 1.0) and augment.rotation_deg == 3.0
+        assert load_config(config.to_yaml(tmp_path / "c.yaml")) == config
+        assert TrainingConfig(augmentation={}).pair_augmentation().scale_range == (0.55, 1.05)
 
     def test_decay_given_twice(self) -> None:
         with pytest.raises(ConfigError, match="not both"):

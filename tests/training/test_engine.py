@@ -135,6 +135,12 @@ class TestBuildFromConfig:
         assert model.centering_weight == 4.0 and model.centering is not None
         assert build_from_config(tiny_config(None, mode="nc+r"), (32, 32)).centering is None
 
+    def test_augmentation_reaches_the_training_pairs(self) -> None:
+        trainer = tiny_trainer(None, augmentation={"flip_probability": 1.0})
+        assert trainer.dataset.augmentation is not None
+        assert trainer.dataset.augmentation.flip_probability == 1.0
+        assert tiny_trainer(None).dataset.augmentation is None
+
     def test_pix2pix_ignores_the_cycle_weight(self) -> None:
         model = build_from_config(tiny_config(None, mode="pix2pix", cycle_weight=3.0), (32, 32))
         assert model.mode == "pix2pix"
