@@ -112,6 +112,22 @@ def _linear_decay(total_steps: int | None, decay_start: int | None) -> Callable[
     return factor
 
 
+def _adam_options(params: list[nn.Parameter]) -> dict[str, bool]:
+    """``{"fused": True}`` where torch has a fused Adam for these parameters, else ``{}``.
+
+    The fused kernel does the same update in one pass over each tensor instead of about ten
+    (CPU, 16 M parameters of the paper's G, D and R: 21 ms instead of 67-73 ms per step).
+    torch < 2.4 has none on the CPU; it then raises at construction and the loop is used.
+    """
+    if not params:
+        return {}
+    try:
+        torch.optim.Adam(params, fused=True)
+    except (RuntimeError, ValueError):
+        return {}
+    return {"fused": True}
+
+
 class TranslationModel(nn.Module):
     """A backbone in one of the paper's modes, with its optimizers; see :func:`build_model`.
 
@@ -123,7 +139,8 @@ class TranslationModel(nn.Module):
         generator_average: with ``ema_decay > 0``, an ``AveragedModel`` holding the exponential
             moving average of the generators' weights and buffers (``{name: generator}`` as in
             ``backbone.generators()``; part of the state dict), else ``None``.
-        optimizers: ``"generator"``, ``"discriminator"`` and, in +R modes, ``"registration"``.
+        optimizers: ``"generator"``, ``"discriminator"`` and, in +R modes, ``"registration"``
+            (Adam, fused where torch has a fused kernel for the parameters' device and dtype).
         schedulers: one ``LambdaLR`` per optimizer (constant unless ``total_steps`` is given).
         step: number of completed training steps.
         gradient_hook: optional callable applied to each iterable of parameters after its
@@ -189,7 +206,7 @@ class TranslationModel(nn.Module):
 
         def adam(modules: Iterable[nn.Module]) -> torch.optim.Adam:
             params = [p for m in modules for p in m.parameters() if p.requires_grad]
-            return torch.optim.Adam(params, lr=learning_rate, betas=betas)
+            return torch.optim.Adam(params, lr=learning_rate, betas=betas, **_adam_options(params))
 
         self.optimizers: dict[str, torch.optim.Optimizer] = {
             "generator": adam(backbone.generators().values()),

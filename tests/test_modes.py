@@ -154,6 +154,35 @@ def test_amp_step_gives_float_losses() -> None:
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
+class TestOptimizers:
+    def test_fused_adam_where_torch_has_it(self) -> None:
+        model = tiny_model("cyclegan", "nc+r")
+        fused = [opt.defaults["fused"] for opt in model.optimizers.values()]
+        major, minor = (int(v) for v in torch.__version__.split(".")[:2])
+        if (major, minor) >= (2, 4):  # fused CPU Adam exists from torch 2.4
+            assert fused == [True, True, True]
+
+    def test_loop_adam_when_fused_is_refused_and_both_train_alike(self, monkeypatch) -> None:
+        fused = tiny_model("cyclegan", "nc+r")
+        original = torch.optim.Adam
+
+        def no_fused(params, *args, fused=None, **kwargs):
+            if fused:
+                raise RuntimeError("`fused=True` requires all the params to be ...")
+            return original(params, *args, **kwargs)
+
+        monkeypatch.setattr(torch.optim, "Adam", no_fused)
+        loop = tiny_model("cyclegan", "nc+r")
+        assert all(not opt.defaults.get("fused") for opt in loop.optimizers.values())
+        source, target = images(), images()
+        for model in (fused, loop):
+            losses = model.train_step(source, target)
+            assert all(isinstance(v, float) for v in losses.values())
+        # the same update up to rounding, from the same initial weights
+        for (name, a), b in zip(fused.named_parameters(), loop.parameters(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
 class TestReplayBuffer:
     def test_in_a_model(self) -> None:
         model = tiny_model("cyclegan", "c", replay_buffer_size=50)
