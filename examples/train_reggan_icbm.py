@@ -4,7 +4,8 @@ The training pairs are misaligned at a noise level of the paper's Table 2; the m
 evaluated on the held-out slab (aligned pairs, background excluded) during and after training.
 Logs and a resumable checkpoint go to ``--out`` (nothing is written without it).
 
-Run:  python examples/train_reggan_icbm.py [--steps 300] [--size 64] [--noise-level 3] [--out DIR]
+Run:  python examples/train_reggan_icbm.py [--steps 300] [--size 64] [--noise-level 3] [--augment]
+      [--out DIR]
 Continue a run later:  python examples/train_reggan_icbm.py --out DIR --resume --steps 600
 """
 
@@ -25,6 +26,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         help="image side in pixels, a multiple of 4 (default 64: 3 mm pixels)",
     )
     parser.add_argument("--noise-level", type=int, default=3, help="misalignment level 0-5")
+    parser.add_argument(
+        "--augment",
+        action="store_true",
+        help="move each training pair by one joint random flip + affine (PairAugmentation)",
+    )
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--out", default=None, help="folder for logs and checkpoint (optional)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out")
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         spacing=192.0 / args.size,  # the brain spans ~180 mm: it fits at any size
         size=args.size,
         noise_level=args.noise_level,
+        augmentation={} if args.augment else None,  # {}: PairAugmentation's defaults
         steps=args.steps,
         batch_size=args.batch_size,
         eval_every=max(1, args.steps // 5),

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from regcorrect.training import load_config
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -35,16 +37,27 @@ def test_wrap_your_gan_recovers_the_shift(monkeypatch, capsys) -> None:
 def test_train_reggan_icbm(monkeypatch, capsys, tmp_path) -> None:
     out = run_example(
         "train_reggan_icbm.py",
-        ["--steps", "2", "--size", "32", "--quiet", "--out", str(tmp_path / "run")],
+        ["--steps", "2", "--size", "32", "--quiet", "--augment", "--out", str(tmp_path / "run")],
         monkeypatch,
         capsys,
     )
     assert re.search(r"before training: +NMAE 0\.\d{4}", out), out
     assert re.search(r"after +2 steps: +NMAE 0\.\d{4} +PSNR [\d.]+ +SSIM -?[\d.]+", out), out
     assert (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert load_config(tmp_path / "run" / "config.yaml").augmentation == {}
     out = run_example(
         "train_reggan_icbm.py",
-        ["--steps", "3", "--size", "32", "--quiet", "--out", str(tmp_path / "run"), "--resume"],
+        [
+            "--steps",
+            "3",
+            "--size",
+            "32",
+            "--quiet",
+            "--augment",
+            "--out",
+            str(tmp_path / "run"),
+            "--resume",
+        ],
         monkeypatch,
         capsys,
     )
