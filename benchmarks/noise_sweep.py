@@ -369,6 +369,9 @@ def report(args) -> None:
         text = f"{mean:.{digits}f}" + (f" ± {spread:.{digits}f}" if len(values) > 1 else "")
         return text, mean
 
+    results_option = ""  # the command names a results file outside docs/results
+    if results.resolve().parent != ROOT / "docs" / "results":
+        results_option = f" --results {os.path.relpath(results, ROOT)}"
     lines = [
         "# Noise sweep — Table 2 of the paper on bundled ICBM152 T1→T2"
         + (" (training pairs jointly augmented)" if settings.get("augment") else ""),
@@ -407,7 +410,7 @@ def report(args) -> None:
         f" --eval-every {settings['eval_every']} --last-evals {settings['last_evals']}"
         f"{' --amp' if settings['amp'] else ''}{' --affine' if settings.get('affine') else ''}"
         f"{' --augment' if settings.get('augment') else ''}"
-        f"{' --results ' + os.path.relpath(results, ROOT) if results.resolve().parent != ROOT / 'docs' / 'results' else ''}"
+        f"{results_option}"
         f"{' --device ' + settings['device'] if 'device' in settings else ''}`"
         " then `--report`"
         + "".join(
