@@ -4,7 +4,7 @@ Unlike :class:`~regcorrect.data.Misalignment` (the paper's noise, drawn *indepen
 source and target), a :class:`PairAugmentation` moves every channel of an image — stack source,
 target and mask along the channels — by the *same* transform, so an aligned pair stays aligned
 and a misaligned one keeps its misalignment. It widens what the generator sees: on the bundled
-ICBM152 data the held-out slab (the most superior slices, whose brain covers 8–31 % of the slice
+ICBM152 data the held-out slab (the most superior slices, whose brain covers 6–31 % of the slice
 against 35 % on average in training) is out of the training distribution, and a zoom-out
 augmentation narrows that gap (``docs/results/noise_sweep.md``).
 """
