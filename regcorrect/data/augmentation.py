@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from regcorrect._checks import check_float, check_rank, check_tensor
-from regcorrect.data.misalignment import Misalignment, _check_range
+from regcorrect.data.misalignment import Misalignment, _check_count, _check_range
 
 __all__ = ["PairAugmentation"]
 
@@ -101,8 +101,7 @@ class PairAugmentation:
             ``{"flip": bool (n,), "angle_deg": (n,), "translation_frac": (n, 2) as (tx, ty),
             "scale": (n,)}``.
         """
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        _check_count(n)
         flip = torch.rand(n, generator=generator) < self.flip_probability
         params = self._affine.sample_params(n, generator)
         low, high = self.scale_range

@@ -126,8 +126,7 @@ class Misalignment:
         Returns:
             ``{"angle_deg": (n,), "translation_frac": (n, 2) as (tx, ty), "scale": (n,)}``.
         """
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        _check_count(n)
 
         def symmetric(*shape: int) -> Tensor:
             return torch.rand(*shape, generator=generator) * 2.0 - 1.0
@@ -141,8 +140,7 @@ class Misalignment:
     @staticmethod
     def identity_params(n: int) -> dict[str, Tensor]:
         """Parameters of ``n`` identity transforms, in the layout of :meth:`sample_params`."""
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"n must be an int >= 0, got {n!r}")
+        _check_count(n)
         return {
             "angle_deg": torch.zeros(n),
             "translation_frac": torch.zeros(n, 2),
@@ -210,6 +208,13 @@ class Misalignment:
             align_corners=True,
         )
         return warped - 1.0, matrices
+
+
+def _check_count(n: object) -> int:
+    """``n`` (a number of images or parameter sets) as an int ``>= 0``, else ``ValueError``."""
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"n must be an int >= 0, got {n!r}")
+    return n
 
 
 def _check_params(params: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
