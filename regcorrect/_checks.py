@@ -112,6 +112,13 @@ def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
         raise ValueError(f"{name} must be one of {list(choices)!r}, got {value!r}")
 
 
+def check_count(value: object, name: str) -> int:
+    """``value`` if it is an ``int >= 0`` (not a bool), else ``ValueError`` naming ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+    return value
+
+
 def check_positive(value: float, name: str, *, strict: bool = True) -> None:
     """Raise ``ValueError`` unless ``value`` is positive (``> 0``, or ``>= 0`` if not strict)."""
     ok = value > 0 if strict else value >= 0

@@ -6,7 +6,7 @@ target and mask along the channels — by the *same* transform, so an aligned pa
 and a misaligned one keeps its misalignment. It widens what the generator sees: on the bundled
 ICBM152 data the held-out slab (the most superior slices, whose brain covers 6–31 % of the slice
 against 35 % on average in training) is out of the training distribution, and a zoom-out
-augmentation narrows that gap (``docs/results/noise_sweep.md``).
+augmentation narrows that gap (``docs/results/augmented/noise_sweep.md``).
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from regcorrect._checks import check_float, check_rank, check_tensor
-from regcorrect.data.misalignment import Misalignment, _check_count, _check_range
+from regcorrect._checks import check_count, check_float, check_rank, check_tensor
+from regcorrect.data.misalignment import Misalignment, _check_range
 
 __all__ = ["PairAugmentation"]
 
@@ -101,7 +101,7 @@ class PairAugmentation:
             ``{"flip": bool (n,), "angle_deg": (n,), "translation_frac": (n, 2) as (tx, ty),
             "scale": (n,)}``.
         """
-        _check_count(n)
+        check_count(n, "n")
         flip = torch.rand(n, generator=generator) < self.flip_probability
         params = self._affine.sample_params(n, generator)
         low, high = self.scale_range

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from regcorrect._checks import check_count
 from regcorrect.data.augmentation import PairAugmentation
 from regcorrect.data.misalignment import Misalignment
 from regcorrect.data.paired import PairedSlices
@@ -37,12 +38,6 @@ def _check_pairs(pairs: object) -> PairedSlices:
     if len(pairs) == 0:
         raise ValueError("pairs must hold at least one slice, got 0")
     return pairs
-
-
-def _check_count(value: object, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
-    return value
 
 
 def _check_index(index: int, length: int) -> int:
@@ -145,13 +140,13 @@ class MisalignedPairs(Dataset):
         self.misalignment = misalignment
         self.augmentation = augmentation
         self.paired = paired
-        self.seed = _check_count(seed, "seed")
+        self.seed = check_count(seed, "seed")
         self.warp_source = warp_source
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose samples :meth:`__getitem__` returns (``>= 0``)."""
-        self.epoch = _check_count(epoch, "epoch")
+        self.epoch = check_count(epoch, "epoch")
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -23,7 +23,7 @@ import torch
 from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
 from torch import Tensor
 
-from regcorrect._checks import check_finite, check_float, check_rank, check_tensor
+from regcorrect._checks import check_count, check_finite, check_float, check_rank, check_tensor
 
 __all__ = ["Misalignment", "NOISE_LEVELS"]
 
@@ -126,7 +126,7 @@ class Misalignment:
         Returns:
             ``{"angle_deg": (n,), "translation_frac": (n, 2) as (tx, ty), "scale": (n,)}``.
         """
-        _check_count(n)
+        check_count(n, "n")
 
         def symmetric(*shape: int) -> Tensor:
             return torch.rand(*shape, generator=generator) * 2.0 - 1.0
@@ -140,7 +140,7 @@ class Misalignment:
     @staticmethod
     def identity_params(n: int) -> dict[str, Tensor]:
         """Parameters of ``n`` identity transforms, in the layout of :meth:`sample_params`."""
-        _check_count(n)
+        check_count(n, "n")
         return {
             "angle_deg": torch.zeros(n),
             "translation_frac": torch.zeros(n, 2),
@@ -208,13 +208,6 @@ class Misalignment:
             align_corners=True,
         )
         return warped - 1.0, matrices
-
-
-def _check_count(n: object) -> int:
-    """``n`` (a number of images or parameter sets) as an int ``>= 0``, else ``ValueError``."""
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"n must be an int >= 0, got {n!r}")
-    return n
 
 
 def _check_params(params: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
