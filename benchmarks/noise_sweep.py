@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from regcorrect import build_model, warp
-from regcorrect.data import Misalignment, PairAugmentation, icbm152
+from regcorrect.data import Misalignment, PairAugmentation, compose_affine, icbm152
 from regcorrect.metrics import nmae, psnr, ssim
 from regcorrect.registration import AFFINE_FEATURES
 
@@ -234,7 +234,8 @@ def fit(
     """Train ``model`` on independently misaligned pairs; evaluate every ``eval_every`` steps.
 
     With an ``augmentation``, each aligned pair is first moved by one joint random transform
-    (drawn before the noise, from the same generator).
+    (drawn before the noise, from the same generator), composed with the noise so that each
+    image is interpolated once.
 
     Returns:
         (history of evaluations with the losses of that step, mean metrics of the last
@@ -246,11 +247,17 @@ def fit(
     for step in range(1, steps + 1):
         index = torch.randint(len(train.source), (batch,), generator=generator)
         source, target = train.source[index], train.target[index]
+        size = (source.shape[-2], source.shape[-1])
+        joint = None
         if augmentation is not None:
-            both = augmentation(torch.cat([source, target], dim=1), generator=generator)
-            source, target = both[:, :1], both[:, 1:]
-        source, _ = noise(source, generator=generator)
-        target, _ = noise(target, generator=generator)
+            joint = augmentation.matrices(augmentation.sample_params(batch, generator), size)
+        moved = []
+        for image in (source, target):
+            matrix = noise.matrices(noise.sample_params(batch, generator), size)
+            if joint is not None:  # augmentation then noise, one interpolation
+                matrix = compose_affine(matrix, joint)
+            moved.append(Misalignment.warp(image, matrix))
+        source, target = moved
         losses = model.train_step(source, target)
         if step % eval_every == 0 or step == steps:
             metrics = evaluate(model, test)

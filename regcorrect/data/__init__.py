@@ -8,7 +8,7 @@ exactly ``-1``.
 from regcorrect.data.augmentation import PairAugmentation
 from regcorrect.data.datasets import AlignedPairs, MisalignedPairs
 from regcorrect.data.icbm152 import ICBM152_TEST_FRACTION, icbm152
-from regcorrect.data.misalignment import NOISE_LEVELS, Misalignment
+from regcorrect.data.misalignment import NOISE_LEVELS, Misalignment, compose_affine
 from regcorrect.data.normalize import normalize_intensity
 from regcorrect.data.paired import PairedSlices, pad_or_crop_pairs, resample_pairs
 from regcorrect.data.readers import (
@@ -29,6 +29,7 @@ __all__ = [
     "NiftiSlices",
     "PairAugmentation",
     "PairedSlices",
+    "compose_affine",
     "icbm152",
     "normalize_intensity",
     "pad_or_crop_pairs",

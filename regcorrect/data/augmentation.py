@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from regcorrect._checks import check_count, check_float, check_rank, check_tensor
-from regcorrect.data.misalignment import Misalignment, _check_range
+from regcorrect.data.misalignment import Misalignment, _check_range, _check_size, compose_affine
 
 __all__ = ["PairAugmentation"]
 
@@ -108,6 +108,38 @@ class PairAugmentation:
         params["scale"] = low + (high - low) * torch.rand(n, generator=generator)
         return {"flip": flip, **params}
 
+    def matrices(self, params: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
+        """The whole transform (flip, then affine) as ``(n, 2, 3)`` matrices for ``size = (H, W)``.
+
+        In :class:`~regcorrect.data.Misalignment`'s convention (pixel coordinates, a source pixel
+        to its augmented position); the flip is ``x -> W - 1 - x``. Compose it with the noise's
+        matrices (:func:`~regcorrect.data.compose_affine`) to augment and misalign with one
+        interpolation, as :class:`~regcorrect.data.MisalignedPairs` does.
+        """
+        self._check_params(params)
+        height, width = _check_size(size)
+        affine = Misalignment.matrices({key: params[key] for key in _KEYS[1:]}, (height, width))
+        flip = self._check_params(params, affine.shape[0])
+        mirror = torch.eye(2, 3, dtype=affine.dtype).repeat(flip.shape[0], 1, 1)
+        mirror[flip.cpu(), 0, 0] = -1.0
+        mirror[flip.cpu(), 0, 2] = width - 1.0
+        return compose_affine(affine, mirror)
+
+    @staticmethod
+    def _check_params(params: dict[str, Tensor], n: int | None = None) -> Tensor:
+        """Check the keys and the flip of ``params``; return the flip."""
+        if not isinstance(params, dict) or set(params) != set(_KEYS):
+            keys = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ValueError(f"params must be a dict with keys {list(_KEYS)}, got {keys}")
+        flip = check_tensor(params["flip"], "params['flip']")
+        n = flip.shape[0] if n is None and flip.ndim == 1 else n
+        if flip.dtype != torch.bool or flip.shape != (n,):
+            raise ValueError(
+                f"params['flip'] must be a bool tensor of shape ({n},), got {flip.dtype} "
+                f"{tuple(flip.shape)}"
+            )
+        return flip
+
     def __call__(
         self,
         images: Tensor,
@@ -130,16 +162,7 @@ class PairAugmentation:
         n = images.shape[0]
         if params is None:
             params = self.sample_params(n, generator)
-        if not isinstance(params, dict) or set(params) != set(_KEYS):
-            keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise ValueError(f"params must be a dict with keys {list(_KEYS)}, got {keys}")
-        flip = check_tensor(params["flip"], "params['flip']")
-        if flip.dtype != torch.bool or flip.shape != (n,):
-            raise ValueError(
-                f"params['flip'] must be a bool tensor of shape ({n},), got {flip.dtype} "
-                f"{tuple(flip.shape)}"
-            )
-        flip = flip.to(images.device).view(n, 1, 1, 1)
+        flip = self._check_params(params, n).to(images.device).view(n, 1, 1, 1)
         flipped = torch.where(flip, images.flip(-1), images)
         affine = {key: params[key] for key in _KEYS[1:]}
         augmented, _ = self._affine(flipped, params=affine)

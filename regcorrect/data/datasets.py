@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from regcorrect._checks import check_count
 from regcorrect.data.augmentation import PairAugmentation
-from regcorrect.data.misalignment import Misalignment
+from regcorrect.data.misalignment import Misalignment, compose_affine
 from regcorrect.data.paired import PairedSlices
 
 __all__ = ["MisalignedPairs", "AlignedPairs"]
@@ -87,10 +87,14 @@ class MisalignedPairs(Dataset):
     Per item, in this order: the partner slice (unpaired mode only), the source's transform,
     the target's transform (see :class:`Misalignment` for the convention), and, with an
     ``augmentation``, one joint transform applied to the aligned slices (source, target, mask
-    and the partner's target alike) *before* the noise.
+    and the partner's target alike) *before* the noise. The joint transform and the noise are
+    composed into one matrix, so each image is interpolated once (twice would blur the
+    augmented and misaligned images more than the augmented-only ones: on ICBM152 T2 slices the
+    two differ by NMAE 0.010).
 
     Besides the module's keys an item holds ``target_index`` (the slice the target comes from)
-    and ``source_matrix`` / ``target_matrix`` ``(2, 3)``, the transforms applied.
+    and ``source_matrix`` / ``target_matrix`` ``(2, 3)``, the noise's transforms (applied after
+    the shared augmentation, so the pair's misalignment is theirs alone).
 
     Args:
         pairs: the aligned slices.
@@ -176,10 +180,18 @@ class MisalignedPairs(Dataset):
                 pairs.target[partner],
             ]
         ).unsqueeze(0)
+        size = (stack.shape[-2], stack.shape[-1])
+        source_matrix = Misalignment.matrices(source_params, size)
+        target_matrix = Misalignment.matrices(target_params, size)
+        source_applied, target_applied = source_matrix, target_matrix
         if self.augmentation is not None:
-            stack = self.augmentation(stack, params=self.augmentation.sample_params(1, generator))
-        warped, source_matrix = self.misalignment(stack[:, :3], params=source_params)
-        target, target_matrix = self.misalignment(stack[:, 3:], params=target_params)
+            params = self.augmentation.sample_params(1, generator)
+            joint = self.augmentation.matrices(params, size)
+            # augmentation then noise, composed: each image is interpolated once, not twice
+            source_applied = compose_affine(source_matrix, joint)
+            target_applied = compose_affine(target_matrix, joint)
+        warped = Misalignment.warp(stack[:, :3], source_applied)
+        target = Misalignment.warp(stack[:, 3:], target_applied)
         return {
             "source": warped[0, 0:1],
             "target": target[0],

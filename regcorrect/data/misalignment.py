@@ -25,7 +25,7 @@ from torch import Tensor
 
 from regcorrect._checks import check_count, check_finite, check_float, check_rank, check_tensor
 
-__all__ = ["Misalignment", "NOISE_LEVELS"]
+__all__ = ["Misalignment", "NOISE_LEVELS", "compose_affine"]
 
 NOISE_LEVELS: dict[int, tuple[float, float, float]] = {
     level: (float(level), 0.02 * level, 0.02 * level) for level in range(6)
@@ -194,20 +194,71 @@ class Misalignment:
                 f"got {params['angle_deg'].shape[0]}"
             )
         matrices = self.matrices(params, (height, width))
-        identity = torch.eye(2, 3, dtype=matrices.dtype).expand_as(matrices)
-        if torch.equal(matrices, identity):
-            return images.clone(), matrices
+        return self.warp(images, matrices), matrices
+
+    @staticmethod
+    def warp(images: Tensor, matrices: Tensor) -> Tensor:
+        """Warp each image of a batch with its own affine matrix, the background ``-1`` outside.
+
+        This is the resampling :meth:`__call__` applies; use it to apply a composed transform
+        (e.g. an augmentation followed by the noise, :func:`compose_affine`) with *one*
+        interpolation instead of two.
+
+        Args:
+            images: float ``(N, C, H, W)`` in ``[-1, 1]`` (background ``-1``).
+            matrices: ``(N, 2, 3)`` in the convention of the class (pixel coordinates, mapping a
+                source pixel to its warped position), on any device.
+
+        Returns:
+            ``(N, C, H, W)`` of the dtype and device of ``images``; identity matrices return an
+            exact copy.
+        """
+        check_float(images, "images")
+        check_rank(images, "images", (4,), "(N, C, H, W)")
+        check_finite(images, "images")
+        check_tensor(matrices, "matrices")
+        check_float(matrices, "matrices")
+        if matrices.shape != (images.shape[0], 2, 3):
+            raise ValueError(
+                f"matrices must have shape ({images.shape[0]}, 2, 3) (one per image), "
+                f"got {tuple(matrices.shape)}"
+            )
+        check_finite(matrices, "matrices")
+        identity = torch.eye(2, 3, dtype=matrices.dtype, device=matrices.device)
+        if torch.equal(matrices, identity.expand_as(matrices)):
+            return images.clone()
         # Bilinear warping is linear and pads with zeros: shifting by +1 and back makes the
         # outside exactly -1 and blends the border towards -1, for any number of channels.
         warped = warp_affine(
             images + 1.0,
             matrices.to(images.device, images.dtype),
-            dsize=(height, width),
+            dsize=(images.shape[-2], images.shape[-1]),
             mode="bilinear",
             padding_mode="zeros",
             align_corners=True,
         )
-        return warped - 1.0, matrices
+        return warped - 1.0
+
+
+def compose_affine(outer: Tensor, inner: Tensor) -> Tensor:
+    """The affine transform "``inner``, then ``outer``" as one ``(N, 2, 3)`` matrix.
+
+    Both are ``(N, 2, 3)`` (or broadcastable batch sizes) in the convention of
+    :class:`Misalignment`: a point ``p`` goes to ``outer(inner(p))``, i.e. the product of the
+    homogeneous ``3 × 3`` matrices ``outer @ inner``.
+
+    Example:
+        >>> shift = torch.tensor([[[1.0, 0.0, 2.0], [0.0, 1.0, 0.0]]])
+        >>> compose_affine(shift, shift)[0, 0, 2].item()
+        4.0
+    """
+    for name, matrix in (("outer", outer), ("inner", inner)):
+        check_tensor(matrix, name)
+        check_float(matrix, name)
+        if matrix.ndim != 3 or matrix.shape[-2:] != (2, 3):
+            raise ValueError(f"{name} must have shape (N, 2, 3), got {tuple(matrix.shape)}")
+    linear = outer[..., :2] @ inner[..., :2]
+    return torch.cat([linear, outer[..., :2] @ inner[..., 2:] + outer[..., 2:]], dim=-1)
 
 
 def _check_params(params: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:

@@ -66,6 +66,36 @@ class TestPairAugmentation:
         expected, _ = Misalignment(0)(flipped, params=affine)
         torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
+    def test_matrices_are_the_whole_transform(self) -> None:
+        augment = PairAugmentation()
+        images = torch.rand(4, 2, 20, 18, dtype=torch.float64) * 2 - 1
+        drawn = augment.sample_params(4, torch.Generator().manual_seed(6))
+        drawn["flip"] = torch.tensor([True, False, True, False])
+        matrices = augment.matrices(drawn, (20, 18))
+        assert matrices.shape == (4, 2, 3)
+        # one interpolation with the matrices = the flip (exact) then the affine interpolation
+        torch.testing.assert_close(
+            Misalignment.warp(images, matrices.double()),
+            augment(images, params=drawn),
+            rtol=0,
+            atol=1e-5,
+        )
+        # the flip alone: x -> W - 1 - x
+        mirror = augment.matrices(params(flip=True), (20, 18))[0]
+        assert torch.equal(mirror, torch.tensor([[-1.0, 0.0, 17.0], [0.0, 1.0, 0.0]]))
+        assert torch.equal(augment.matrices(params(), (20, 18))[0], torch.eye(2, 3))
+
+    def test_matrices_bad_params(self) -> None:
+        augment = PairAugmentation()
+        bad = params(n=2)
+        bad["flip"] = torch.ones(3, dtype=torch.bool)
+        with pytest.raises(ValueError, match=r"params\['flip'\].*\(2,\)"):
+            augment.matrices(bad, (8, 8))
+        with pytest.raises(ValueError, match="keys"):
+            augment.matrices({"flip": torch.ones(1, dtype=torch.bool)}, (8, 8))
+        with pytest.raises(ValueError, match="size"):
+            augment.matrices(params(), (8,))  # type: ignore[arg-type]
+
     @settings(max_examples=20, deadline=None)
     @given(seed=st.integers(0, 2**32 - 1))
     def test_params_within_ranges(self, seed: int) -> None:

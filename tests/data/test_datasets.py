@@ -8,6 +8,7 @@ from regcorrect.data import (
     Misalignment,
     PairAugmentation,
     PairedSlices,
+    compose_affine,
     icbm152,
 )
 
@@ -111,8 +112,8 @@ class TestMisalignedPairs:
             drawn = augment.sample_params(1, generator)
             stack = torch.cat([pairs.source[i], pairs.target[i]]).unsqueeze(0)
             expected = augment(stack, params=drawn)[0]
-            assert torch.equal(item["source"], expected[:1])
-            assert torch.equal(item["target"], expected[1:])
+            torch.testing.assert_close(item["source"], expected[:1], rtol=0, atol=1e-4)
+            torch.testing.assert_close(item["target"], expected[1:], rtol=0, atol=1e-4)
             assert torch.equal(item["aligned_target"], item["target"])  # still aligned
             assert not torch.equal(item["source"], reference["source"])
         # with noise the matrices (the misalignment) are those of the plain dataset
@@ -120,6 +121,28 @@ class TestMisalignedPairs:
         plain = MisalignedPairs(pairs, misalignment=Misalignment(4), seed=2)
         assert torch.equal(noisy[1]["target_matrix"], plain[1]["target_matrix"])
         assert torch.equal(noisy[1]["source_matrix"], plain[1]["source_matrix"])
+
+    def test_augmentation_and_noise_are_one_interpolation(self) -> None:
+        pairs = make_pairs()
+        augment = PairAugmentation()
+        data = MisalignedPairs(pairs, misalignment=Misalignment(5), seed=3, augmentation=augment)
+        item = data[2]
+        generator = data.generator(2)
+        for _ in range(2):
+            Misalignment(5).sample_params(1, generator)
+        drawn = augment.sample_params(1, generator)
+        joint = augment.matrices(drawn, pairs.source.shape[-2:])
+        for key, matrix_key, slice_ in (
+            ("target", "target_matrix", pairs.target[2]),
+            ("aligned_target", "source_matrix", pairs.target[2]),
+            ("source", "source_matrix", pairs.source[2]),
+        ):
+            applied = compose_affine(item[matrix_key][None], joint)
+            expected = Misalignment.warp(slice_[None], applied)[0]
+            assert torch.equal(item[key], expected), key
+            # not the augmentation's interpolation followed by the noise's
+            twice = Misalignment.warp(augment(slice_[None], params=drawn), item[matrix_key][None])
+            assert not torch.allclose(item[key], twice[0], atol=1e-3)
 
     def test_dataloader_on_icbm152(self) -> None:
         data = MisalignedPairs(icbm152("test", spacing=4.0), misalignment=Misalignment(2))

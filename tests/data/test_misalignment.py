@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from regcorrect.data import NOISE_LEVELS, Misalignment
+from regcorrect.data import NOISE_LEVELS, Misalignment, compose_affine
 
 
 def params(angle: float = 0.0, tx: float = 0.0, ty: float = 0.0, scale: float = 1.0) -> dict:
@@ -108,11 +108,67 @@ class TestMisalignment:
             Misalignment.matrices(Misalignment.identity_params(2), (8, 9))[1], torch.eye(2, 3)
         )
 
+    def test_warp_is_the_resampling_of_call(self) -> None:
+        images = torch.rand(3, 2, 17, 23) * 2 - 1
+        warped, matrices = Misalignment(4)(images, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(Misalignment.warp(images, matrices), warped)
+        identity = torch.eye(2, 3).repeat(3, 1, 1)
+        copy = Misalignment.warp(images, identity)
+        assert torch.equal(copy, images) and copy.data_ptr() != images.data_ptr()
+
+    @settings(max_examples=25, deadline=None)
+    @given(seed=st.integers(0, 2**32 - 1), n=st.integers(1, 3))
+    def test_compose_affine_is_the_homogeneous_product(self, seed: int, n: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        outer, inner = torch.randn(2, n, 2, 3, generator=generator, dtype=torch.float64)
+        bottom = np.array([[0.0, 0.0, 1.0]])
+        for i in range(n):
+            expected = np.vstack([outer[i].numpy(), bottom]) @ np.vstack([inner[i].numpy(), bottom])
+            np.testing.assert_allclose(compose_affine(outer, inner)[i].numpy(), expected[:2])
+        # one matrix broadcasts over a batch
+        single = compose_affine(outer[:1], inner)
+        assert single.shape == (n, 2, 3)
+        torch.testing.assert_close(single[-1], compose_affine(outer[:1], inner[-1:])[0])
+
+    def test_warping_with_a_composition_is_warping_twice(self) -> None:
+        # One interpolation with "inner, then outer" equals two in the interior, up to the
+        # blur of the second interpolation: exact for a linear ramp (bilinear reproduces it).
+        rows, cols = torch.meshgrid(torch.arange(40.0), torch.arange(44.0), indexing="ij")
+        ramp = ((0.02 * rows - 0.015 * cols) * 0.5).view(1, 1, 40, 44).double()
+        noise = Misalignment(3)
+        generator = torch.Generator().manual_seed(4)
+        inner = noise.matrices(noise.sample_params(1, generator), (40, 44)).double()
+        outer = noise.matrices(noise.sample_params(1, generator), (40, 44)).double()
+        once = Misalignment.warp(ramp, compose_affine(outer, inner))
+        twice = Misalignment.warp(Misalignment.warp(ramp, inner), outer)
+        interior = (slice(None), slice(None), slice(8, -8), slice(8, -8))
+        torch.testing.assert_close(once[interior], twice[interior], rtol=0, atol=1e-7)
+        # on a random image the single interpolation keeps more detail (less blur)
+        image = torch.rand(1, 1, 40, 44, generator=generator, dtype=torch.float64) * 2 - 1
+        once = Misalignment.warp(image, compose_affine(outer, inner))
+        twice = Misalignment.warp(Misalignment.warp(image, inner), outer)
+        assert once[interior].std() > twice[interior].std()
+
     def test_gradcheck(self) -> None:
         images = torch.rand(1, 1, 5, 6, dtype=torch.float64, requires_grad=True)
         fixed = params(angle=3.0, tx=0.05, scale=1.05)
         fixed = {key: value.double() for key, value in fixed.items()}
         assert torch.autograd.gradcheck(lambda x: Misalignment(3)(x, params=fixed)[0], (images,))
+
+    def test_warp_and_compose_exceptions(self) -> None:
+        images = torch.zeros(2, 1, 8, 8)
+        with pytest.raises(ValueError, match=r"matrices must have shape \(2, 2, 3\).*\(1, 2, 3\)"):
+            Misalignment.warp(images, torch.eye(2, 3)[None])
+        with pytest.raises(TypeError, match="matrices"):
+            Misalignment.warp(images, torch.zeros(2, 2, 3, dtype=torch.int64))
+        with pytest.raises(ValueError, match="matrices"):
+            Misalignment.warp(images, torch.full((2, 2, 3), float("nan")))
+        with pytest.raises(ValueError, match=r"images.*\(N, C, H, W\)"):
+            Misalignment.warp(torch.zeros(1, 8, 8), torch.eye(2, 3)[None])
+        with pytest.raises(ValueError, match=r"inner must have shape \(N, 2, 3\), got \(3, 3\)"):
+            compose_affine(torch.eye(2, 3)[None], torch.eye(3))
+        with pytest.raises(TypeError, match="outer"):
+            compose_affine([[1, 0, 0], [0, 1, 0]], torch.eye(2, 3)[None])  # type: ignore[arg-type]
 
     def test_exception(self) -> None:
         with pytest.raises(ValueError, match="level"):
