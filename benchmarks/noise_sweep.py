@@ -32,7 +32,7 @@ import torch
 from regcorrect import build_model, warp
 from regcorrect.data import Misalignment, PairAugmentation, compose_affine, icbm152
 from regcorrect.metrics import nmae, psnr, ssim
-from regcorrect.registration import AFFINE_FEATURES
+from regcorrect.registration import AFFINE_FEATURES, PREALIGNMENTS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = {
@@ -42,7 +42,14 @@ MODES = {
     "nc+r": "RegGAN (NC+R)",
 }
 VARIANT = "nc+r ours"
-VARIANT_KEYS = ("affine", "affine_features", "reg_passes", "centering_weight", "ema_decay")
+VARIANT_KEYS = (
+    "affine",
+    "affine_features",
+    "reg_passes",
+    "prealign",
+    "centering_weight",
+    "ema_decay",
+)
 
 
 def _is_variant(theirs: dict, ours: dict) -> bool:
@@ -57,6 +64,8 @@ def variant_label(settings: dict) -> str:
         # rows from before the option used the bottleneck-mean head
         head = settings.get("affine_features", "mean")
         parts.append("affine R" + (" (mean-pooled head)" if head == "mean" else ""))
+    if settings.get("prealign"):
+        parts.append(f"{settings['prealign']} pre-alignment")
     if settings.get("reg_passes", 1) > 1:
         parts.append(f"{settings['reg_passes']} passes of R")
     if settings.get("centering_weight"):
@@ -163,6 +172,7 @@ def sweep_model(args, mode: str, seed: int, size: tuple[int, int]):
             "affine": args.affine,
             "affine_features": args.affine_features,
             "passes": args.reg_passes,
+            "prealign": args.prealign,
         }
         if mode.endswith("+r")
         else None,
@@ -295,6 +305,8 @@ def settings_of(args) -> dict:
         settings["affine_features"] = args.affine_features
     if args.reg_passes > 1:
         settings["reg_passes"] = args.reg_passes
+    if args.prealign:
+        settings["prealign"] = args.prealign
     if args.centering_weight:
         settings["centering_weight"] = args.centering_weight
     if args.ema_decay:
@@ -302,7 +314,8 @@ def settings_of(args) -> dict:
     if args.device != "cpu":
         settings["device"] = args.device
     if args.augment:
-        settings["augment"] = repr(PairAugmentation())
+        # since 2026-11-27 augmentation and noise are one interpolation (two before)
+        settings["augment"] = repr(PairAugmentation()) + ", composed with the noise"
     return settings
 
 
@@ -652,6 +665,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="times R refines its own field (RegUNet's passes; 1: the paper's R)",
+    )
+    parser.add_argument(
+        "--prealign",
+        choices=PREALIGNMENTS,
+        default=None,
+        help="R starts from a closed-form alignment (RegUNet's prealign; default: none)",
     )
 
 

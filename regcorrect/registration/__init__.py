@@ -5,6 +5,7 @@ channels in axis order (``(dy, dx)`` / ``(dz, dy, dx)``), backward mapping
 ``warped[p] = image[p + u(p)]``, corner-aligned sampling.
 """
 
+from .alignment import moment_alignment
 from .fields import (
     affine_to_displacement,
     compose,
@@ -12,7 +13,7 @@ from .fields import (
     integrate_velocity,
     jacobian_determinant,
 )
-from .regunet import AFFINE_FEATURES, PAPER_CHANNELS, RegistrationFields, RegUNet
+from .regunet import AFFINE_FEATURES, PAPER_CHANNELS, PREALIGNMENTS, RegistrationFields, RegUNet
 from .warp import PADDING_MODES, WARP_MODES, Warp, warp
 
 __all__ = [
@@ -25,8 +26,10 @@ __all__ = [
     "jacobian_determinant",
     "folding_fraction",
     "affine_to_displacement",
+    "moment_alignment",
     "RegUNet",
     "RegistrationFields",
     "PAPER_CHANNELS",
     "AFFINE_FEATURES",
+    "PREALIGNMENTS",
 ]

@@ -131,12 +131,17 @@ def _device_and_dtype(
     return torch.device("cpu" if device is None else device), dtype or torch.get_default_dtype()
 
 
+def centring_half(spatial: Sequence[int]) -> float:
+    """Pixels per unit of :func:`centred_coordinates`: ``(max(spatial) - 1) / 2`` (at least 0.5)."""
+    return max((max(spatial) - 1) / 2.0, 0.5)
+
+
 @lru_cache(maxsize=64)
 def _centred_coordinates(
     shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
 ) -> Tensor:
     with torch.inference_mode(False), torch.no_grad():
-        half = max((max(shape) - 1) / 2.0, 0.5)
+        half = centring_half(shape)
         axes = [
             (torch.arange(size, device=device, dtype=dtype) - (size - 1) / 2.0) / half
             for size in shape

@@ -23,7 +23,11 @@ initialised near zero so training starts from the identity field). Unlike the of
   times, each time to the moving image warped by the field found so far, and the fields are
   composed (recursive cascades, Zhao et al. 2019). Each pass only has to find what the previous
   ones left, which lowered the end-point error of affine misalignments from 2.5 px to 0.9 px at
-  equal training steps (``docs/results/registration.md``).
+  equal training steps (``docs/results/registration.md``);
+* can start from a closed-form **moment alignment** (``prealign="moments"``): the similarity
+  transform that matches the centroids and second moments of the two images
+  (:func:`~regcorrect.registration.moment_alignment`) is applied first, and the network only
+  learns what it leaves.
 """
 
 from __future__ import annotations
@@ -45,17 +49,21 @@ from .._checks import (
     check_same_device,
     check_spatial_dims,
 )
+from .alignment import _similarity
 from .fields import compose, integrate_velocity
-from .grid import centred_coordinates, moment_basis, moment_count
+from .grid import centred_coordinates, centring_half, moment_basis, moment_count
 from .warp import warp
 
-__all__ = ["RegUNet", "RegistrationFields", "PAPER_CHANNELS", "AFFINE_FEATURES"]
+__all__ = ["RegUNet", "RegistrationFields", "PAPER_CHANNELS", "AFFINE_FEATURES", "PREALIGNMENTS"]
 
 #: Encoder channels per level of the paper's R (the official ``ResUnet`` configuration 'A').
 PAPER_CHANNELS: tuple[int, ...] = (32, 64, 64, 64, 64, 64, 64)
 
 #: What the affine head reads (``RegUNet(affine_features=...)``).
 AFFINE_FEATURES: tuple[str, ...] = ("moments", "mean")
+
+#: Closed-form initial alignments (``RegUNet(prealign=...)``; ``None``: none).
+PREALIGNMENTS: tuple[str, ...] = ("moments",)
 
 #: Encoder levels (finest first) whose feature moments feed the ``"moments"`` affine head.
 _MOMENT_LEVELS = 2
@@ -198,6 +206,11 @@ class RegUNet(nn.Module):
             (border padding) and its field is composed onto ``u``. ``moving`` and ``fixed`` are
             the two halves of the input's channels, so ``passes > 1`` needs an even
             ``in_channels``. Costs ``passes`` times the compute of one pass.
+        prealign: ``None`` (default, the paper) or ``"moments"``: before the network's passes,
+            ``moving`` is aligned onto ``fixed`` by the similarity transform that matches their
+            intensity moments (:func:`~regcorrect.registration.moment_alignment`, background
+            ``-1``; no gradient flows through it); the passes refine from there and every field
+            includes it (in ``affine`` too, with an affine head). Needs an even ``in_channels``.
         min_bottleneck: smallest bottleneck size (pixels) when choosing the depth.
         image_size: if given, only the levels an input of this spatial size uses are built
             (no unused parameters, e.g. for DistributedDataParallel); larger sizes still work,
@@ -228,6 +241,7 @@ class RegUNet(nn.Module):
         diffeomorphic: bool = False,
         integration_steps: int = 7,
         passes: int = 1,
+        prealign: str | None = None,
         min_bottleneck: int = 2,
         image_size: Sequence[int] | None = None,
     ) -> None:
@@ -246,6 +260,13 @@ class RegUNet(nn.Module):
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels!r}")
         check_choice(affine_features, "affine_features", AFFINE_FEATURES)
+        if prealign is not None:
+            check_choice(prealign, "prealign", PREALIGNMENTS)
+            if in_channels % 2:
+                raise ValueError(
+                    "prealign needs an even in_channels (cat([moving, fixed]) of equal "
+                    f"channels), got in_channels={in_channels}"
+                )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.channels = channels
@@ -254,6 +275,7 @@ class RegUNet(nn.Module):
         self.diffeomorphic = diffeomorphic
         self.integration_steps = integration_steps
         self.passes = passes  # validated by the property's setter
+        self.prealign = prealign
         conv = _conv(spatial_dims)
 
         self.encoder = nn.ModuleList()
@@ -383,7 +405,7 @@ class RegUNet(nn.Module):
     def _affine_field(self, theta: Tensor, spatial: Sequence[int]) -> Tensor:
         """Displacement of ``theta`` ``(B, N, N+1)`` on centred, isotropically scaled coords."""
         n = self.spatial_dims
-        half = (max(spatial) - 1) / 2.0
+        half = centring_half(spatial)
         coords = centred_coordinates(spatial, device=theta.device, dtype=theta.dtype)
         field = theta[:, :, :n] @ coords + theta[:, :, n:]  # (B, N, P), normalised units
         return (field * half).reshape(theta.shape[0], n, *spatial)
@@ -409,12 +431,15 @@ class RegUNet(nn.Module):
             x: ``cat([moving, fixed], dim=1)``, ``(B, in_channels, *spatial)``.
         """
         self._check_input(x)
-        if self.passes == 1:
+        if self.passes == 1 and self.prealign is None:
             return self._one_pass(x)
         half = self.in_channels // 2
         moving, fixed = x[:, :half], x[:, half:]
-        fields = self._one_pass(x)
-        for _ in range(self.passes - 1):
+        if self.prealign is None:
+            fields, remaining = self._one_pass(x), self.passes - 1
+        else:
+            fields, remaining = self._moment_fields(moving, fixed), self.passes
+        for _ in range(remaining):
             aligned = warp(moving, fields.displacement)
             step = self._one_pass(torch.cat([aligned, fixed], dim=1))
             fields = RegistrationFields(
@@ -423,6 +448,22 @@ class RegUNet(nn.Module):
                 affine=None if step.affine is None else _compose_affine(step.affine, fields.affine),
             )
         return fields
+
+    def _moment_fields(self, moving: Tensor, fixed: Tensor) -> RegistrationFields:
+        """The moment alignment of ``moving`` onto ``fixed`` as fields (no gradient)."""
+        spatial = tuple(moving.shape[2:])
+        forward, shift = _similarity(moving, fixed)  # axis order, centred pixel coordinates
+        # displacement u(q) = forward^-1 (q - shift) - q on centred pixel coordinates q = half * c
+        inverse = torch.linalg.inv(forward)
+        linear = inverse - torch.eye(self.spatial_dims, dtype=inverse.dtype, device=inverse.device)
+        offset = -(inverse @ shift[:, :, None]) / centring_half(spatial)
+        theta = torch.cat([linear, offset], dim=2).float()
+        displacement = self._affine_field(theta, spatial)
+        return RegistrationFields(
+            displacement=displacement,
+            residual=torch.zeros_like(displacement),
+            affine=theta if self.affine else None,
+        )
 
     def _one_pass(self, x: Tensor) -> RegistrationFields:
         spatial = tuple(x.shape[2:])

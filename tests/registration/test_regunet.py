@@ -20,7 +20,9 @@ from regcorrect.registration import (
     PAPER_CHANNELS,
     RegistrationFields,
     affine_to_displacement,
+    compose,
     folding_fraction,
+    moment_alignment,
 )
 from regcorrect.registration.grid import centred_coordinates, moment_basis, moment_count
 
@@ -457,6 +459,113 @@ class TestPasses:
             net.output.weight.normal_(0.0, 0.1)
             net.affine_head[-1].weight.normal_(0.0, 0.1)
         assert torch.autograd.gradcheck(net, (x,))
+
+
+class TestPrealign:
+    """``RegUNet(prealign="moments")``: the moment alignment first, the network's passes after."""
+
+    @staticmethod
+    def _misaligned(
+        size: int = 64,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        image, inside = brain(size)
+        centre = torch.tensor([[(size - 1) / 2, (size - 1) / 2]])
+        matrix = kornia.geometry.transform.get_rotation_matrix2d(
+            centre, torch.tensor([5.0]), torch.full((1, 2), 1.05)
+        )
+        matrix[:, 0, 2] += 8.0  # + a 10 px translation (8, 6)
+        matrix[:, 1, 2] += 6.0
+        target = (
+            kornia.geometry.transform.warp_affine(
+                image + 1, matrix, (size, size), align_corners=True
+            )
+            - 1
+        )  # background -1 outside
+        truth = affine_to_displacement(matrix, (size, size))
+        inside_target = warp(inside[None, None].float(), truth)[0, 0] > 0.5
+        return image, target, truth, inside_target
+
+    @pytest.mark.parametrize("affine", [False, True])
+    def test_untrained_net_gives_the_moment_alignment(self, affine):
+        image, target, truth, inside = self._misaligned()
+        net = RegUNet(channels=SMALL, affine=affine, prealign="moments")
+        with torch.no_grad():
+            fields = net.decompose(torch.cat([image, target], dim=1))
+        expected = affine_to_displacement(moment_alignment(image, target), (64, 64))
+        torch.testing.assert_close(fields.displacement, expected, atol=2e-3, rtol=0)
+        # a 10 px + 5 degree + 5 % misalignment is absorbed before any training
+        assert end_point_error(torch.zeros_like(truth), truth, inside) > 9.5
+        assert end_point_error(fields.displacement, truth, inside) < 1.0
+        assert float(fields.residual.abs().max()) < 1e-3
+        if affine:  # the affine part holds the alignment
+            got = affine_field_np(fields.affine.double().numpy(), (64, 64))
+            np.testing.assert_allclose(got, expected.double().numpy(), atol=2e-3)
+        else:
+            assert fields.affine is None
+
+    def test_passes_refine_after_the_alignment(self):
+        image, target, _, _ = self._misaligned()
+        torch.manual_seed(0)
+        net = RegUNet(channels=SMALL, affine=True, prealign="moments", passes=2)
+        with torch.no_grad():
+            net.output.weight.normal_(0.0, 0.02)
+            net.affine_head[-1].bias.normal_(0.0, 0.05)
+        plain = RegUNet(channels=SMALL, affine=True)
+        plain.load_state_dict(net.state_dict())
+        with torch.no_grad():
+            fields = net.decompose(torch.cat([image, target], dim=1))
+            start = affine_to_displacement(moment_alignment(image, target), (64, 64))
+            first = plain.decompose(torch.cat([warp(image, start), target], dim=1))
+            after_one = compose(first.displacement, start)
+            second = plain.decompose(torch.cat([warp(image, after_one), target], dim=1))
+        torch.testing.assert_close(
+            fields.displacement, compose(second.displacement, after_one), atol=1e-4, rtol=0
+        )
+        torch.testing.assert_close(fields.residual, first.residual + second.residual)
+
+    def test_gradients_reach_the_network_not_the_alignment(self):
+        image, target, _, _ = self._misaligned(32)
+        moving = image.clone().requires_grad_(True)
+        net = RegUNet(channels=SMALL, affine=True, prealign="moments")
+        loss = correction_loss(warp(moving, net(torch.cat([moving, target], dim=1))), target)
+        loss.backward()
+        assert all(p.grad is not None for p in net.affine_head.parameters())
+        assert moving.grad is not None and float(moving.grad.abs().sum()) > 0
+
+    def test_training_from_the_alignment(self):
+        torch.manual_seed(0)
+        image, target, truth, inside = self._misaligned()
+        net = RegUNet(channels=(16, 32, 32, 32, 32, 32), affine=True, prealign="moments")
+        x = torch.cat([image, target], dim=1)
+        with torch.no_grad():
+            start = end_point_error(net(x), truth, inside)
+        optimizer = torch.optim.Adam(net.parameters(), lr=3e-4)
+        for _ in range(40):
+            fields = net.decompose(x)
+            loss = correction_loss(warp(image, fields.displacement), target) + smoothness_loss(
+                fields.residual
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            assert end_point_error(net(x), truth, inside) < min(start, 0.5)
+
+    def test_3d_and_autocast(self):
+        net = RegUNet(spatial_dims=3, channels=(4, 8, 8), affine=True, prealign="moments")
+        volume = torch.rand(1, 1, 16, 20, 18) * 2 - 1
+        fields = net.decompose(torch.cat([volume, torch.roll(volume, 2, dims=3)], dim=1))
+        assert fields.displacement.shape == (1, 3, 16, 20, 18) and fields.affine.shape == (1, 3, 4)
+        net2d = RegUNet(channels=SMALL, prealign="moments")
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net2d(torch.rand(2, 2, 32, 32) * 2 - 1)
+        assert out.shape == (2, 2, 32, 32) and bool(torch.isfinite(out).all())
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="prealign must be one of.*got 'com'"):
+            RegUNet(channels=SMALL, prealign="com")
+        with pytest.raises(ValueError, match="prealign needs an even in_channels.*3"):
+            RegUNet(channels=SMALL, in_channels=3, prealign="moments")
 
 
 class TestRegistrationRecovery:
