@@ -47,6 +47,7 @@ VARIANT_KEYS = (
     "affine_features",
     "reg_passes",
     "prealign",
+    "smoothness_weight",
     "centering_weight",
     "ema_decay",
 )
@@ -68,6 +69,8 @@ def variant_label(settings: dict) -> str:
         parts.append(f"{settings['prealign']} pre-alignment")
     if settings.get("reg_passes", 1) > 1:
         parts.append(f"{settings['reg_passes']} passes of R")
+    if settings.get("smoothness_weight", 10.0) != 10.0:
+        parts.append(f"smoothness {settings['smoothness_weight']:g}")
     if settings.get("centering_weight"):
         parts.append(f"centred correction {settings['centering_weight']:g}")
     if settings.get("ema_decay"):

@@ -101,6 +101,12 @@ def test_noise_sweep_variant_rows_are_checked_under_their_own_label() -> None:
     cascade = dict(moments, reg_passes=2)
     assert _is_variant(cascade, base)
     assert variant_label(cascade) == "RegGAN + affine R + 2 passes of R + centred correction 10"
+    prealigned = dict(cascade, prealign="moments", smoothness_weight=100.0)
+    assert _is_variant(prealigned, base)
+    assert variant_label(prealigned) == (
+        "RegGAN + affine R + moments pre-alignment + 2 passes of R + smoothness 100 "
+        "+ centred correction 10"
+    )
     rows = [
         {"mode": "nc+r", "settings": base, "level": 0},
         {"mode": "pix2pix", "settings": ours, "level": 0},  # not NC+R: not a variant
