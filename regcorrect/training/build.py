@@ -71,6 +71,10 @@ def build_from_config(
         )
     except TypeError as error:  # an option the backbone or RegUNet does not take
         raise ConfigError(f"invalid backbone/registration option: {error}") from None
+    except ConfigError:
+        raise
+    except ValueError as error:  # a value the backbone, RegUNet or the model rejects
+        raise ConfigError(f"cannot build the model from this config: {error}") from None
 
 
 def load_model(

@@ -135,6 +135,17 @@ class TestBuildFromConfig:
         assert model.centering_weight == 4.0 and model.centering is not None
         assert build_from_config(tiny_config(None, mode="nc+r"), (32, 32)).centering is None
 
+    def test_registration_options_reach_r(self) -> None:
+        config = tiny_config(
+            None, mode="nc+r", registration={"channels": [8, 16], "prealign": "moments"}
+        )
+        model = build_from_config(config, (32, 32))
+        assert model.registration.prealign == "moments"
+        with pytest.raises(ConfigError, match="cannot build the model.*prealign must be one of"):
+            build_from_config(
+                tiny_config(None, mode="nc+r", registration={"prealign": "x"}), (32, 32)
+            )
+
     def test_augmentation_reaches_the_training_pairs(self) -> None:
         trainer = tiny_trainer(None, augmentation={"flip_probability": 1.0})
         assert trainer.dataset.augmentation is not None
