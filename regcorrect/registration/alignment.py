@@ -128,6 +128,8 @@ def moment_alignment(
     check_finite(fixed, "fixed")
     if not isinstance(background, (int, float)) or isinstance(background, bool):
         raise TypeError(f"background must be a number, got {type(background).__name__}")
+    if not isinstance(rotation, bool):
+        raise TypeError(f"rotation must be a bool, got {type(rotation).__name__}")
     if not 0 < max_rotation_deg <= 180:
         raise ValueError(f"max_rotation_deg must be in (0, 180], got {max_rotation_deg!r}")
     if not 0 <= min_anisotropy < 1:

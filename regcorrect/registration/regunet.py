@@ -260,13 +260,6 @@ class RegUNet(nn.Module):
         if in_channels < 1:
             raise ValueError(f"in_channels must be >= 1, got {in_channels!r}")
         check_choice(affine_features, "affine_features", AFFINE_FEATURES)
-        if prealign is not None:
-            check_choice(prealign, "prealign", PREALIGNMENTS)
-            if in_channels % 2:
-                raise ValueError(
-                    "prealign needs an even in_channels (cat([moving, fixed]) of equal "
-                    f"channels), got in_channels={in_channels}"
-                )
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
         self.channels = channels
@@ -275,7 +268,7 @@ class RegUNet(nn.Module):
         self.diffeomorphic = diffeomorphic
         self.integration_steps = integration_steps
         self.passes = passes  # validated by the property's setter
-        self.prealign = prealign
+        self.prealign = prealign  # likewise
         conv = _conv(spatial_dims)
 
         self.encoder = nn.ModuleList()
@@ -365,6 +358,23 @@ class RegUNet(nn.Module):
                 f"got in_channels={self.in_channels}"
             )
         self._passes = value
+
+    @property
+    def prealign(self) -> str | None:
+        """The closed-form alignment the passes start from (``None`` or ``"moments"``); may be
+        changed after training, e.g. ``net.prealign = None``."""
+        return self._prealign
+
+    @prealign.setter
+    def prealign(self, value: str | None) -> None:
+        if value is not None:
+            check_choice(value, "prealign", PREALIGNMENTS)
+            if self.in_channels % 2:
+                raise ValueError(
+                    "prealign needs an even in_channels (cat([moving, fixed]) of equal "
+                    f"channels), got in_channels={self.in_channels}"
+                )
+        self._prealign = value
 
     # ------------------------------------------------------------------ helpers
     def _fit(self, spatial_shape: Sequence[int]) -> int:
@@ -457,7 +467,8 @@ class RegUNet(nn.Module):
         inverse = torch.linalg.inv(forward)
         linear = inverse - torch.eye(self.spatial_dims, dtype=inverse.dtype, device=inverse.device)
         offset = -(inverse @ shift[:, :, None]) / centring_half(spatial)
-        theta = torch.cat([linear, offset], dim=2).float()
+        theta = torch.cat([linear, offset], dim=2)
+        theta = theta.to(torch.promote_types(moving.dtype, torch.float32))
         displacement = self._affine_field(theta, spatial)
         return RegistrationFields(
             displacement=displacement,

@@ -195,5 +195,7 @@ class TestMomentAlignment:
             moment_alignment(image, image, max_rotation_deg=0)
         with pytest.raises(ValueError, match="min_anisotropy"):
             moment_alignment(image, image, min_anisotropy=1.0)
+        with pytest.raises(TypeError, match="rotation must be a bool"):
+            moment_alignment(image, image, rotation=1)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="background"):
             moment_alignment(image, image, background="-1")  # type: ignore[arg-type]

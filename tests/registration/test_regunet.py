@@ -566,6 +566,26 @@ class TestPrealign:
             RegUNet(channels=SMALL, prealign="com")
         with pytest.raises(ValueError, match="prealign needs an even in_channels.*3"):
             RegUNet(channels=SMALL, in_channels=3, prealign="moments")
+        net = RegUNet(channels=SMALL, in_channels=3)
+        with pytest.raises(ValueError, match="prealign needs an even in_channels"):
+            net.prealign = "moments"  # also when changed after construction
+        assert net.prealign is None
+
+    def test_can_be_switched_after_training(self):
+        image, target, _, _ = self._misaligned(32)
+        x = torch.cat([image, target], dim=1)
+        net = RegUNet(channels=SMALL, affine=True, prealign="moments")
+        plain = RegUNet(channels=SMALL, affine=True)
+        plain.load_state_dict(net.state_dict())  # the option adds no weights
+        with torch.no_grad():
+            net.prealign = None
+            torch.testing.assert_close(net(x), plain(x))
+
+    def test_float64(self):
+        image, target, _, _ = self._misaligned(32)
+        net = RegUNet(channels=SMALL, affine=True, prealign="moments").double()
+        fields = net.decompose(torch.cat([image, target], dim=1).double())
+        assert fields.displacement.dtype == torch.float64 and fields.affine.dtype == torch.float64
 
 
 class TestRegistrationRecovery:
