@@ -78,6 +78,26 @@ def variant_label(settings: dict) -> str:
     return "RegGAN + " + " + ".join(parts) if parts else "RegGAN (variant)"
 
 
+def model_flags(settings: dict, *, centering: bool = False) -> str:
+    """The command-line options of R and G that ``settings`` records (those of
+    :data:`VARIANT_KEYS`); ``centering=True`` always names the centring weight."""
+    flags = ""
+    if settings.get("affine"):
+        # rows from before the option used the bottleneck-mean head
+        flags += f" --affine --affine-features {settings.get('affine_features', 'mean')}"
+    if settings.get("prealign"):
+        flags += f" --prealign {settings['prealign']}"
+    if settings.get("reg_passes", 1) > 1:
+        flags += f" --reg-passes {settings['reg_passes']}"
+    if settings.get("smoothness_weight", 10.0) != 10.0:
+        flags += f" --smoothness-weight {settings['smoothness_weight']:g}"
+    if centering or settings.get("centering_weight"):
+        flags += f" --centering-weight {settings.get('centering_weight', 0):g}"
+    if settings.get("ema_decay"):
+        flags += f" --ema-decay {settings['ema_decay']:g}"
+    return flags
+
+
 def group_variants(rows: list[dict], settings: dict) -> tuple[dict[str, dict], list[dict]]:
     """The NC+R rows that differ from the table's ``settings`` only in R's options.
 
@@ -431,18 +451,14 @@ def report(args) -> None:
         f"{' '.join(map(str, levels))} --seeds {' '.join(map(str, seeds))} --modes "
         f"{' '.join(m for m in modes if m not in variants)}"
         f" --eval-every {settings['eval_every']} --last-evals {settings['last_evals']}"
-        f"{' --amp' if settings['amp'] else ''}{' --affine' if settings.get('affine') else ''}"
+        f"{' --amp' if settings['amp'] else ''}{model_flags(settings)}"
         f"{' --augment' if settings.get('augment') else ''}"
         f"{results_option}"
         f"{' --device ' + settings['device'] if 'device' in settings else ''}`"
         " then `--report`"
         + "".join(
             f"; the row {labels[key]}: the same command with `--modes nc+r"
-            f"{' --affine' if v.get('affine') else ''}"
-            + (f" --affine-features {v.get('affine_features', 'mean')}" if v.get("affine") else "")
-            + (f" --reg-passes {v['reg_passes']}" if v.get("reg_passes", 1) > 1 else "")
-            + f" --centering-weight {v.get('centering_weight', 0):g}"
-            + (f" --ema-decay {v['ema_decay']:g}" if v.get("ema_decay") else "")
+            + model_flags(v, centering=True)
             + "`"
             for key, v in variants.items()
         )

@@ -87,7 +87,7 @@ def test_noise_sweep_claims_are_checked_both_ways() -> None:
 def test_noise_sweep_variant_rows_are_checked_under_their_own_label() -> None:
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        from noise_sweep import _is_variant, claims, group_variants, variant_label
+        from noise_sweep import _is_variant, claims, group_variants, model_flags, variant_label
     finally:
         sys.path.remove(str(BENCHMARKS))
     base = {"steps": 800, "affine": False, "lr": 2e-4}
@@ -107,6 +107,13 @@ def test_noise_sweep_variant_rows_are_checked_under_their_own_label() -> None:
         "RegGAN + affine R + moments pre-alignment + 2 passes of R + smoothness 100 "
         "+ centred correction 10"
     )
+    # the report's commands name every option the rows were run with
+    assert model_flags(prealigned) == (
+        " --affine --affine-features moments --prealign moments --reg-passes 2 "
+        "--smoothness-weight 100 --centering-weight 10"
+    )
+    assert model_flags(base) == "" and model_flags(base, centering=True) == " --centering-weight 0"
+    assert model_flags(ours) == " --affine --affine-features mean --centering-weight 10"
     rows = [
         {"mode": "nc+r", "settings": base, "level": 0},
         {"mode": "pix2pix", "settings": ours, "level": 0},  # not NC+R: not a variant
