@@ -126,8 +126,13 @@ def moment_alignment(
     check_same_shape_and_device(moving, fixed, "moving", "fixed")
     check_finite(moving, "moving")
     check_finite(fixed, "fixed")
-    if not isinstance(background, (int, float)) or isinstance(background, bool):
-        raise TypeError(f"background must be a number, got {type(background).__name__}")
+    for name, value in (
+        ("background", background),
+        ("max_rotation_deg", max_rotation_deg),
+        ("min_anisotropy", min_anisotropy),
+    ):
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not isinstance(rotation, bool):
         raise TypeError(f"rotation must be a bool, got {type(rotation).__name__}")
     if not 0 < max_rotation_deg <= 180:

@@ -197,5 +197,7 @@ class TestMomentAlignment:
             moment_alignment(image, image, min_anisotropy=1.0)
         with pytest.raises(TypeError, match="rotation must be a bool"):
             moment_alignment(image, image, rotation=1)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="max_rotation_deg must be a number, got str"):
+            moment_alignment(image, image, max_rotation_deg="45")  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="background"):
             moment_alignment(image, image, background="-1")  # type: ignore[arg-type]
