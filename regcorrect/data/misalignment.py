@@ -183,8 +183,7 @@ class Misalignment:
             ``(N, 2, 3)`` on the CPU. Identity matrices return an exact copy of ``images``.
         """
         check_float(images, "images")
-        check_rank(images, "images", (4,), "(N, C, H, W)")
-        check_finite(images, "images")
+        check_rank(images, "images", (4,), "(N, C, H, W)")  # finiteness: in warp
         n, _, height, width = images.shape
         if params is None:
             params = self.sample_params(n, generator)
