@@ -139,41 +139,14 @@ def moment_alignment(
         raise ValueError(f"max_rotation_deg must be in (0, 180], got {max_rotation_deg!r}")
     if not 0 <= min_anisotropy < 1:
         raise ValueError(f"min_anisotropy must be in [0, 1), got {min_anisotropy!r}")
-    linear, shift = _similarity(
-        moving,
-        fixed,
-        background=float(background),
-        rotation=rotation,
-        max_rotation_deg=max_rotation_deg,
-        min_anisotropy=min_anisotropy,
-    )
-    # from centred to plain pixel coordinates (centre o): p_f = linear p_m + shift + o - linear o
-    origin = torch.tensor([(size - 1) / 2.0 for size in moving.shape[2:]], dtype=linear.dtype)
-    origin = origin.to(linear.device)
-    shift = shift + origin - (linear @ origin[:, None])[..., 0]
-    # axis order (z, y, x) -> kornia's (x, y, z)
-    return torch.cat([linear.flip(1, 2), shift.flip(1)[:, :, None]], dim=2)
-
-
-def _similarity(
-    moving: Tensor,
-    fixed: Tensor,
-    *,
-    background: float = -1.0,
-    rotation: bool = True,
-    max_rotation_deg: float = 45.0,
-    min_anisotropy: float = 0.15,
-) -> tuple[Tensor, Tensor]:
-    """:func:`moment_alignment` without the argument checks, as ``(linear (B, N, N), shift
-    (B, N))`` in axis order on centred pixel coordinates: ``q_fixed = linear q_moving + shift``."""
     dtype = torch.float64 if torch.float64 in (moving.dtype, fixed.dtype) else torch.float32
     spatial = tuple(moving.shape[2:])
     n = len(spatial)
     with torch.no_grad(), torch.autocast(device_type=moving.device.type, enabled=False):
         coords = centred_coordinates(spatial, device=moving.device, dtype=dtype)
         coords = coords * centring_half(spatial)
-        mass_m, centre_m, cov_m = _moments(moving.to(dtype), background, coords)
-        mass_f, centre_f, cov_f = _moments(fixed.to(dtype), background, coords)
+        mass_m, centre_m, cov_m = _moments(moving.to(dtype), float(background), coords)
+        mass_f, centre_f, cov_f = _moments(fixed.to(dtype), float(background), coords)
         det_m, det_f = torch.linalg.det(cov_m), torch.linalg.det(cov_f)
         valid = (mass_m > 0) & (mass_f > 0) & (det_m > 0) & (det_f > 0)
         ratio = torch.where(valid, det_f / det_m.clamp(min=1e-30), torch.ones_like(det_f))
@@ -184,4 +157,10 @@ def _similarity(
         linear = torch.where(valid[:, None, None], linear, identity)
         shift = centre_f - (linear @ centre_m[:, :, None])[..., 0]
         shift = torch.where(valid[:, None], shift, torch.zeros_like(shift))
-    return linear, shift
+        # q_fixed = linear q_moving + shift on centred axis-order coordinates; to plain pixel
+        # coordinates (centre o): p_fixed = linear p_moving + shift + o - linear o
+        origin = torch.tensor([(size - 1) / 2.0 for size in spatial], dtype=dtype)
+        origin = origin.to(moving.device)
+        shift = shift + origin - (linear @ origin[:, None])[..., 0]
+    # axis order (z, y, x) -> kornia's (x, y, z)
+    return torch.cat([linear.flip(1, 2), shift.flip(1)[:, :, None]], dim=2)

@@ -49,7 +49,7 @@ from .._checks import (
     check_same_device,
     check_spatial_dims,
 )
-from .alignment import _similarity
+from .alignment import moment_alignment
 from .fields import compose, integrate_velocity
 from .grid import centred_coordinates, centring_half, moment_basis, moment_count
 from .warp import warp
@@ -462,12 +462,16 @@ class RegUNet(nn.Module):
     def _moment_fields(self, moving: Tensor, fixed: Tensor) -> RegistrationFields:
         """The moment alignment of ``moving`` onto ``fixed`` as fields (no gradient)."""
         spatial = tuple(moving.shape[2:])
-        forward, shift = _similarity(moving, fixed)  # axis order, centred pixel coordinates
-        # displacement u(q) = forward^-1 (q - shift) - q on centred pixel coordinates q = half * c
+        matrix = moment_alignment(moving, fixed)  # kornia convention: (x, y[, z]), moving -> fixed
+        forward, shift = matrix[:, :, :-1].flip(1, 2), matrix[:, :, -1].flip(1)  # axis order
+        # backward field u(p) = forward^-1 (p - shift) - p; on centred coordinates p = q + o:
+        # u = (forward^-1 - I) q + forward^-1 (o - shift) - o
         inverse = torch.linalg.inv(forward)
-        linear = inverse - torch.eye(self.spatial_dims, dtype=inverse.dtype, device=inverse.device)
-        offset = -(inverse @ shift[:, :, None]) / centring_half(spatial)
-        theta = torch.cat([linear, offset], dim=2)
+        origin = torch.tensor([(size - 1) / 2.0 for size in spatial], dtype=inverse.dtype)
+        origin = origin.to(inverse.device)[:, None]
+        identity = torch.eye(self.spatial_dims, dtype=inverse.dtype, device=inverse.device)
+        offset = (inverse @ (origin - shift[:, :, None]) - origin) / centring_half(spatial)
+        theta = torch.cat([inverse - identity, offset], dim=2)
         theta = theta.to(torch.promote_types(moving.dtype, torch.float32))
         displacement = self._affine_field(theta, spatial)
         return RegistrationFields(

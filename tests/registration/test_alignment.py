@@ -55,6 +55,25 @@ def moving_and_fixed(spatial, forward: np.ndarray) -> tuple[torch.Tensor, torch.
     return moving, fixed
 
 
+def check_recovers(spatial: tuple[int, ...], angle: float, scale: float, shift: tuple) -> tuple:
+    """Move the blob by a similarity about the image centre (rotation in the x-y plane), then
+    check moment_alignment's matrix (linear part) and field (end-point error where the content
+    is) against it. Returns ``(moving, fixed, field)``."""
+    n = len(spatial)
+    centre = np.array([(s - 1) / 2 for s in spatial][::-1])  # (x, y[, z])
+    about = similarity(angle, scale, (0.0,) * n, n=n)
+    offset = centre - about[:, :n] @ centre + np.asarray(shift)
+    forward = np.concatenate([about[:, :n], offset[:, None]], axis=1)
+    moving, fixed = moving_and_fixed(spatial, forward)
+    matrix = moment_alignment(moving, fixed)[0].numpy()
+    np.testing.assert_allclose(matrix[:, :n], forward[:, :n], atol=0.005)
+    field = affine_to_displacement(torch.from_numpy(matrix), spatial)
+    truth = affine_to_displacement(torch.from_numpy(forward), spatial)
+    content = fixed[0, 0] > -0.9
+    assert float((field - truth).norm(dim=1)[0][content].max()) < 0.05
+    return moving, fixed, field
+
+
 class TestMomentAlignment:
     def test_smoke_shape_and_dtype(self) -> None:
         moving, fixed = torch.rand(3, 2, 24, 20) * 2 - 1, torch.rand(3, 2, 24, 20) * 2 - 1
@@ -78,36 +97,11 @@ class TestMomentAlignment:
         shift=st.tuples(st.floats(-5, 5), st.floats(-5, 5)),
     )
     def test_recovers_a_similarity_2d(self, angle: float, scale: float, shift) -> None:
-        spatial = (64, 60)
-        centre = np.array([(60 - 1) / 2, (64 - 1) / 2])
-        # about the image centre, then shifted
-        about = similarity(angle, scale, (0.0, 0.0))
-        offset = centre - about[:, :2] @ centre + np.asarray(shift)
-        forward = np.concatenate([about[:, :2], offset[:, None]], axis=1)
-        moving, fixed = moving_and_fixed(spatial, forward)
-        matrix = moment_alignment(moving, fixed)[0].numpy()
-        np.testing.assert_allclose(matrix[:, :2], forward[:, :2], atol=0.005)
-        # its field is the true one where the content is (end-point error), and aligns
-        field = affine_to_displacement(torch.from_numpy(matrix), spatial)
-        truth = affine_to_displacement(torch.from_numpy(forward), spatial)
-        content = fixed[0, 0] > -0.9
-        assert float((field - truth).norm(dim=1)[0][content].max()) < 0.05
-        aligned = warp(moving, field)
-        assert (aligned - fixed).abs().max() < 0.05
+        moving, fixed, field = check_recovers((64, 60), angle, scale, shift)
+        assert (warp(moving, field) - fixed).abs().max() < 0.05  # and it aligns the images
 
     def test_recovers_a_similarity_3d(self) -> None:
-        spatial = (28, 32, 30)
-        centre = np.array([(s - 1) / 2 for s in spatial][::-1])
-        about = similarity(12.0, 1.08, (0.0, 0.0, 0.0), n=3)
-        offset = centre - about[:, :3] @ centre + np.array([1.5, -2.0, 1.0])
-        forward = np.concatenate([about[:, :3], offset[:, None]], axis=1)
-        moving, fixed = moving_and_fixed(spatial, forward)
-        matrix = moment_alignment(moving, fixed)[0].numpy()
-        np.testing.assert_allclose(matrix[:, :3], forward[:, :3], atol=0.005)
-        field = affine_to_displacement(torch.from_numpy(matrix), spatial)
-        truth = affine_to_displacement(torch.from_numpy(forward), spatial)
-        content = fixed[0, 0] > -0.9
-        assert float((field - truth).norm(dim=1)[0][content].max()) < 0.05
+        check_recovers((28, 32, 30), 12.0, 1.08, (1.5, -2.0, 1.0))
 
     @settings(max_examples=20, deadline=None)
     @given(seed=st.integers(0, 2**31 - 1), dy=st.integers(-6, 6), dx=st.integers(-6, 6))

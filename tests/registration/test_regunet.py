@@ -56,6 +56,31 @@ def end_point_error(field: torch.Tensor, truth: torch.Tensor, mask: torch.Tensor
     return float((field - truth).norm(dim=1)[0][mask].mean())
 
 
+def fit_registration(
+    net: RegUNet,
+    image: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    cosine: bool = False,
+) -> None:
+    """Train R alone (identity generator) on one pair: correction + smoothness of the residual."""
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if cosine else None
+    x = torch.cat([image, target], dim=1)
+    for _ in range(steps):
+        fields = net.decompose(x)
+        loss = correction_loss(warp(image, fields.displacement), target) + smoothness_loss(
+            fields.residual
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if schedule is not None:
+            schedule.step()
+
+
 def affine_field_np(theta: np.ndarray, spatial: tuple[int, ...]) -> np.ndarray:
     """Displacement of ``theta`` (B, N, N+1) acting on centred coordinates scaled by
     ``(max(spatial) - 1) / 2`` (RegistrationFields.affine's documented convention), in pixels."""
@@ -539,15 +564,7 @@ class TestPrealign:
         x = torch.cat([image, target], dim=1)
         with torch.no_grad():
             start = end_point_error(net(x), truth, inside)
-        optimizer = torch.optim.Adam(net.parameters(), lr=3e-4)
-        for _ in range(40):
-            fields = net.decompose(x)
-            loss = correction_loss(warp(image, fields.displacement), target) + smoothness_loss(
-                fields.residual
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        fit_registration(net, image, target, steps=40, lr=3e-4)
         with torch.no_grad():
             assert end_point_error(net(x), truth, inside) < min(start, 0.5)
 
@@ -642,19 +659,9 @@ class TestRegistrationRecovery:
         assert end_point_error(torch.zeros_like(truth), truth, inside) > 9.5
 
         net = RegUNet(channels=(16, 32, 32, 32, 32, 32), affine=True)
-        steps = 100  # EPE ~0.03 px at the end; lr 1e-3 alone oscillates, hence the decay
-        optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+        # EPE ~0.03 px at the end; lr 1e-3 alone oscillates, hence the cosine decay
+        fit_registration(net, image, target, steps=100, lr=1e-3, cosine=True)
         x = torch.cat([image, target], dim=1)
-        for _ in range(steps):
-            fields = net.decompose(x)
-            loss = correction_loss(warp(image, fields.displacement), target) + smoothness_loss(
-                fields.residual
-            )
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
         with torch.no_grad():
             fields = net.decompose(x)
         assert end_point_error(fields.displacement, truth, inside) < 1.0
