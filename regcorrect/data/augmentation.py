@@ -37,6 +37,22 @@ def _check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
     return low, high
 
 
+def _check_keys(params: dict[str, Tensor]) -> None:
+    if not isinstance(params, dict) or set(params) != set(_KEYS):
+        keys = sorted(params) if isinstance(params, dict) else type(params).__name__
+        raise ValueError(f"params must be a dict with keys {list(_KEYS)}, got {keys}")
+
+
+def _check_flip(flip: Tensor, n: int) -> Tensor:
+    check_tensor(flip, "params['flip']")
+    if flip.dtype != torch.bool or flip.shape != (n,):
+        raise ValueError(
+            f"params['flip'] must be a bool tensor of shape ({n},), got {flip.dtype} "
+            f"{tuple(flip.shape)}"
+        )
+    return flip
+
+
 class PairAugmentation:
     """Random horizontal flip, then a random rotation, translation and scaling, shared by all
     channels of an image.
@@ -116,29 +132,14 @@ class PairAugmentation:
         matrices (:func:`~regcorrect.data.compose_affine`) to augment and misalign with one
         interpolation, as :class:`~regcorrect.data.MisalignedPairs` does.
         """
-        self._check_params(params)
+        _check_keys(params)
         height, width = _check_size(size)
         affine = Misalignment.matrices({key: params[key] for key in _KEYS[1:]}, (height, width))
-        flip = self._check_params(params, affine.shape[0])
+        flip = _check_flip(params["flip"], affine.shape[0]).cpu()
         mirror = torch.eye(2, 3, dtype=affine.dtype).repeat(flip.shape[0], 1, 1)
-        mirror[flip.cpu(), 0, 0] = -1.0
-        mirror[flip.cpu(), 0, 2] = width - 1.0
+        mirror[flip, 0, 0] = -1.0
+        mirror[flip, 0, 2] = width - 1.0
         return compose_affine(affine, mirror)
-
-    @staticmethod
-    def _check_params(params: dict[str, Tensor], n: int | None = None) -> Tensor:
-        """Check the keys and the flip of ``params``; return the flip."""
-        if not isinstance(params, dict) or set(params) != set(_KEYS):
-            keys = sorted(params) if isinstance(params, dict) else type(params).__name__
-            raise ValueError(f"params must be a dict with keys {list(_KEYS)}, got {keys}")
-        flip = check_tensor(params["flip"], "params['flip']")
-        n = flip.shape[0] if n is None and flip.ndim == 1 else n
-        if flip.dtype != torch.bool or flip.shape != (n,):
-            raise ValueError(
-                f"params['flip'] must be a bool tensor of shape ({n},), got {flip.dtype} "
-                f"{tuple(flip.shape)}"
-            )
-        return flip
 
     def __call__(
         self,
@@ -162,7 +163,8 @@ class PairAugmentation:
         n = images.shape[0]
         if params is None:
             params = self.sample_params(n, generator)
-        flip = self._check_params(params, n).to(images.device).view(n, 1, 1, 1)
+        _check_keys(params)
+        flip = _check_flip(params["flip"], n).to(images.device).view(n, 1, 1, 1)
         flipped = torch.where(flip, images.flip(-1), images)
         affine = {key: params[key] for key in _KEYS[1:]}
         augmented, _ = self._affine(flipped, params=affine)

@@ -33,7 +33,8 @@ def build_from_config(
     """The :class:`~regcorrect.TranslationModel` a config describes, for ``(H, W)`` slices.
 
     Raises:
-        ConfigError: a ``backbone`` / ``registration`` option the networks do not accept.
+        ConfigError: a ``backbone`` / ``registration`` option the networks do not accept, or a
+            value they reject.
     """
     options = dict(config.backbone)
     for key in ("adversarial_weight", "cycle_weight"):
@@ -71,8 +72,6 @@ def build_from_config(
         )
     except TypeError as error:  # an option the backbone or RegUNet does not take
         raise ConfigError(f"invalid backbone/registration option: {error}") from None
-    except ConfigError:
-        raise
     except ValueError as error:  # a value the backbone, RegUNet or the model rejects
         raise ConfigError(f"cannot build the model from this config: {error}") from None
 
