@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from regcorrect import build_model, warp
+from regcorrect.correction import INITIAL_ALIGNMENTS
 from regcorrect.data import Misalignment, PairAugmentation, compose_affine, icbm152
 from regcorrect.metrics import nmae, psnr, ssim
 from regcorrect.registration import AFFINE_FEATURES, PREALIGNMENTS
@@ -47,6 +48,7 @@ VARIANT_KEYS = (
     "affine_features",
     "reg_passes",
     "prealign",
+    "initial_alignment",
     "smoothness_weight",
     "centering_weight",
     "ema_decay",
@@ -65,6 +67,8 @@ def variant_label(settings: dict) -> str:
         # rows from before the option used the bottleneck-mean head
         head = settings.get("affine_features", "mean")
         parts.append("affine R" + (" (mean-pooled head)" if head == "mean" else ""))
+    if settings.get("initial_alignment"):
+        parts.append(f"{settings['initial_alignment']} initial alignment")
     if settings.get("prealign"):
         parts.append(f"{settings['prealign']} pre-alignment")
     if settings.get("reg_passes", 1) > 1:
@@ -85,6 +89,8 @@ def model_flags(settings: dict, *, centering: bool = False) -> str:
     if settings.get("affine"):
         # rows from before the option used the bottleneck-mean head
         flags += f" --affine --affine-features {settings.get('affine_features', 'mean')}"
+    if settings.get("initial_alignment"):
+        flags += f" --initial-alignment {settings['initial_alignment']}"
     if settings.get("prealign"):
         flags += f" --prealign {settings['prealign']}"
     if settings.get("reg_passes", 1) > 1:
@@ -202,6 +208,7 @@ def sweep_model(args, mode: str, seed: int, size: tuple[int, int]):
         smoothness_weight=args.smoothness_weight,
         correction_weight=args.correction_weight,
         centering_weight=args.centering_weight,
+        initial_alignment=args.initial_alignment if mode.endswith("+r") else None,
         ema_decay=args.ema_decay,
     )
 
@@ -330,6 +337,8 @@ def settings_of(args) -> dict:
         settings["reg_passes"] = args.reg_passes
     if args.prealign:
         settings["prealign"] = args.prealign
+    if args.initial_alignment:
+        settings["initial_alignment"] = args.initial_alignment
     if args.centering_weight:
         settings["centering_weight"] = args.centering_weight
     if args.ema_decay:
@@ -690,6 +699,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         choices=PREALIGNMENTS,
         default=None,
         help="R starts from a closed-form alignment (RegUNet's prealign; default: none)",
+    )
+    parser.add_argument(
+        "--initial-alignment",
+        dest="initial_alignment",
+        choices=INITIAL_ALIGNMENTS,
+        default=None,
+        help="R starts from the source's foreground aligned onto the target's (build_model's "
+        "initial_alignment; default: none)",
     )
 
 

@@ -21,10 +21,22 @@ from .losses.adversarial import GAN_MODES, discriminator_loss, generator_loss
 from .losses.centering import CenteredCorrection, target_foreground
 from .losses.correction import correction_loss
 from .losses.smoothness import smoothness_loss
+from .registration.alignment import moment_alignment
+from .registration.fields import affine_to_displacement, compose
 from .registration.regunet import RegistrationFields
 from .registration.warp import PADDING_MODES, warp
 
-__all__ = ["RegistrationCorrection", "CorrectionOutput", "run_registration", "frozen"]
+__all__ = [
+    "RegistrationCorrection",
+    "CorrectionOutput",
+    "run_registration",
+    "frozen",
+    "INITIAL_ALIGNMENTS",
+]
+
+#: Where R's field may start (``initial_alignment=``; ``None``: at the identity, the paper).
+#: ``"source"``: at the similarity that moves the *source's* foreground onto the target's.
+INITIAL_ALIGNMENTS = ("source",)
 
 
 @dataclass
@@ -79,12 +91,60 @@ def frozen(modules: Iterable[nn.Module]) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
-def run_registration(reg_net: nn.Module, moving: Tensor, fixed: Tensor) -> RegistrationFields:
+def check_source(source: Tensor, target: Tensor) -> None:
+    """Raise unless ``source`` is a float tensor with ``target``'s rank, batch and spatial size."""
+    check_float(source, "source")
+    check_rank(source, "source", (target.ndim,), f"with the rank of target {tuple(target.shape)}")
+    if source.shape[0] != target.shape[0] or source.shape[2:] != target.shape[2:]:
+        raise ValueError(
+            "source and target must share batch and spatial sizes, got "
+            f"{tuple(source.shape)} and {tuple(target.shape)}"
+        )
+
+
+def source_alignment(source: Tensor, target: Tensor) -> Tensor:
+    """Field ``(B, N, *spatial)`` of the similarity that moves ``source``'s foreground onto
+    ``target``'s (:func:`~regcorrect.registration.moment_alignment` with foreground weights: the
+    anatomy's outline, whatever the two contrasts; no gradient, float32 or float64)."""
+    check_source(source, target)
+    matrix = moment_alignment(source, target, weights="foreground")
+    return affine_to_displacement(matrix, tuple(target.shape[2:]))
+
+
+def run_registration(
+    reg_net: nn.Module,
+    moving: Tensor,
+    fixed: Tensor,
+    *,
+    initial_alignment: str | None = None,
+    source: Tensor | None = None,
+) -> RegistrationFields:
     """Run ``reg_net`` on ``cat([moving, fixed], dim=1)`` and return its fields.
 
     Networks with a ``decompose`` method (:class:`~regcorrect.registration.RegUNet`) give the
     full field and its dense residual; any other network's tensor output is both.
+
+    With ``initial_alignment="source"`` the field starts from the similarity ``S`` that moves
+    the foreground of ``source`` (the generator's input, whose geometry ``moving = G(source)``
+    shares) onto ``fixed``'s: ``reg_net`` sees ``cat([moving ∘ S, fixed])`` and the returned
+    displacement is ``compose(R's field, S)``; the residual (and ``affine``) stay R's own.
+    ``S`` needs no learning and nothing ``G`` does can move it, so ``G`` keeps its input's
+    geometry (see ``docs/training.md``).
     """
+    if initial_alignment is not None:
+        check_choice(initial_alignment, "initial_alignment", INITIAL_ALIGNMENTS)
+        if source is None:
+            raise ValueError(
+                "source must be given: this model's registration starts from the source's "
+                "alignment onto the target (initial_alignment='source')"
+            )
+        start = source_alignment(source, fixed)
+        fields = run_registration(reg_net, warp(moving, start), fixed)
+        return RegistrationFields(
+            displacement=compose(fields.displacement, start.to(fields.displacement.dtype)),
+            residual=fields.residual,
+            affine=fields.affine,
+        )
     x = torch.cat([moving, fixed], dim=1)
     decompose = getattr(reg_net, "decompose", None)
     return _as_fields(decompose(x) if callable(decompose) else reg_net(x))
@@ -111,6 +171,12 @@ class RegistrationCorrection(nn.Module):
             it); 0 (default, the paper) turns it off. The running mean is taken over the
             target's foreground (``mask``, else pixels ``!= -1``) and needs R's
             ``spatial_dims`` (read from ``reg_net``, 2 if it has none).
+        initial_alignment: ``None`` (default, the paper: R's field starts at the identity) or
+            ``"source"``: R starts from the similarity that moves the *source's* foreground
+            onto the target's (closed form, :func:`~regcorrect.registration.moment_alignment`
+            with ``weights="foreground"``) and learns what is left. For misalignments that are
+            mostly global (the paper's noise, rigid motion between scans); it needs the source
+            in :meth:`forward` and :meth:`register` (see :func:`run_registration`).
 
     Example:
         >>> from regcorrect import RegistrationCorrection, RegUNet
@@ -133,6 +199,7 @@ class RegistrationCorrection(nn.Module):
         smoothness_penalty: str = "l2",
         padding_mode: str = "border",
         centering_weight: float = 0.0,
+        initial_alignment: str | None = None,
     ) -> None:
         super().__init__()
         if generator is not None and not callable(generator):
@@ -146,6 +213,9 @@ class RegistrationCorrection(nn.Module):
         check_choice(smoothness_penalty, "smoothness_penalty", ("l2", "l1"))
         check_choice(padding_mode, "padding_mode", PADDING_MODES)
         check_positive(centering_weight, "centering_weight", strict=False)
+        if initial_alignment is not None:
+            check_choice(initial_alignment, "initial_alignment", INITIAL_ALIGNMENTS)
+        self.initial_alignment = initial_alignment
         self.generator = generator
         self.reg_net = reg_net
         self.correction_weight = float(correction_weight)
@@ -160,9 +230,20 @@ class RegistrationCorrection(nn.Module):
             else None
         )
 
-    def register(self, moving: Tensor, fixed: Tensor) -> RegistrationFields:
-        """Run ``reg_net`` on ``cat([moving, fixed], dim=1)``; return the field and its parts."""
-        return run_registration(self.reg_net, moving, fixed)
+    def register(
+        self, moving: Tensor, fixed: Tensor, *, source: Tensor | None = None
+    ) -> RegistrationFields:
+        """Run ``reg_net`` on ``cat([moving, fixed], dim=1)``; return the field and its parts.
+
+        ``source`` (the generator's input) is needed with ``initial_alignment="source"``.
+        """
+        return run_registration(
+            self.reg_net,
+            moving,
+            fixed,
+            initial_alignment=self.initial_alignment,
+            source=source,
+        )
 
     def forward(
         self,
@@ -175,7 +256,9 @@ class RegistrationCorrection(nn.Module):
         """Translate, register onto the target, and compute Eq. 7 and Eq. 8.
 
         Args:
-            source: ``x``, ``(B, C_in, H, W)`` (or 3D); ignored when ``translated`` is given.
+            source: ``x``, ``(B, C_in, H, W)`` (or 3D); not passed to the generator when
+                ``translated`` is given (then ``None`` is allowed, unless
+                ``initial_alignment="source"``, which aligns it).
             target: the misaligned target ``ỹ``, ``(B, C_out, H, W)``.
             translated: an already computed ``G(x)`` (keeps its graph), instead of calling the
                 generator.
@@ -189,15 +272,7 @@ class RegistrationCorrection(nn.Module):
         if translated is None:
             if self.generator is None:
                 raise ValueError("translated must be given when the model has no generator")
-            check_float(source, "source")
-            check_rank(
-                source, "source", (target.ndim,), f"with the rank of target {tuple(target.shape)}"
-            )
-            if source.shape[0] != target.shape[0] or source.shape[2:] != target.shape[2:]:
-                raise ValueError(
-                    "source and target must share batch and spatial sizes, got "
-                    f"{tuple(source.shape)} and {tuple(target.shape)}"
-                )
+            check_source(source, target)
             translated = self.generator(source)
         check_float(translated, "translated")
         if translated.shape != target.shape:
@@ -205,7 +280,7 @@ class RegistrationCorrection(nn.Module):
                 f"translated (the generator's output) must have the target's shape "
                 f"{tuple(target.shape)}, got {tuple(translated.shape)}"
             )
-        fields = self.register(translated, target)
+        fields = self.register(translated, target, source=source)
         expected = (target.shape[0], target.ndim - 2, *target.shape[2:])
         if tuple(fields.displacement.shape) != expected:
             raise ValueError(

@@ -33,7 +33,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ._checks import check_choice, check_float, check_positive, check_rank
 from .backbones import METHODS, GeneratorOutput, Pix2Pix, TranslationBackbone
-from .correction import frozen, run_registration
+from .correction import INITIAL_ALIGNMENTS, frozen, run_registration
 from .losses.centering import CenteredCorrection, target_foreground
 from .losses.correction import correction_loss
 from .losses.smoothness import smoothness_loss
@@ -120,6 +120,8 @@ class TranslationModel(nn.Module):
         registration: the registration network R (+R modes) or ``None``.
         centering: the :class:`~regcorrect.losses.CenteredCorrection` of ``centering_weight > 0``
             in +R modes (its running mean is part of the state dict), else ``None``.
+        initial_alignment: where R's field starts (``None``: the identity; ``"source"``: the
+            source's foreground aligned onto the target's, see :func:`build_model`).
         generator_average: with ``ema_decay > 0``, an ``AveragedModel`` holding the exponential
             moving average of the generators' weights and buffers (``{name: generator}`` as in
             ``backbone.generators()``; part of the state dict), else ``None``.
@@ -141,6 +143,7 @@ class TranslationModel(nn.Module):
         correction_weight: float = 20.0,
         smoothness_weight: float = 10.0,
         centering_weight: float = 0.0,
+        initial_alignment: str | None = None,
         learning_rate: float = 1e-4,
         betas: tuple[float, float] = (0.5, 0.999),
         replay_buffer_size: int = 0,
@@ -166,6 +169,13 @@ class TranslationModel(nn.Module):
         self.smoothness_weight = float(smoothness_weight)
         check_positive(centering_weight, "centering_weight", strict=False)
         self.centering_weight = float(centering_weight)
+        if initial_alignment is not None:
+            check_choice(initial_alignment, "initial_alignment", INITIAL_ALIGNMENTS)
+            if registration is None:
+                raise ValueError(
+                    f"initial_alignment={initial_alignment!r} needs an R, but mode {mode!r} has none"
+                )
+        self.initial_alignment = initial_alignment
         # Only built when used, so default models keep the paper's state-dict keys.
         self.centering = (
             CenteredCorrection(spatial_dims=2)
@@ -281,11 +291,22 @@ class TranslationModel(nn.Module):
             self.gradient_hook(params)
 
     # ------------------------------------------------------------------ training
-    def register(self, translated: Tensor, target: Tensor) -> RegistrationFields:
-        """Fields of R that warp ``translated`` onto ``target`` (+R modes only)."""
+    def register(
+        self, translated: Tensor, target: Tensor, *, source: Tensor | None = None
+    ) -> RegistrationFields:
+        """Fields of R that warp ``translated`` onto ``target`` (+R modes only).
+
+        ``source`` (what was translated) is needed with ``initial_alignment="source"``.
+        """
         if self.registration is None:
             raise ValueError(f"mode {self.mode!r} has no registration network")
-        return run_registration(self.registration, translated, target)
+        return run_registration(
+            self.registration,
+            translated,
+            target,
+            initial_alignment=self.initial_alignment,
+            source=source,
+        )
 
     def _generator_losses(
         self, source: Tensor, target: Tensor, mask: Tensor | None
@@ -295,7 +316,7 @@ class TranslationModel(nn.Module):
             out = self.backbone.generator_forward(source, target)
             losses = {name: value.float() for name, value in out.losses.items()}
             if self.registration is not None:
-                fields = self.register(out.translated, target)
+                fields = self.register(out.translated, target, source=source)
                 translated = out.translated.float()
                 registered = warp(translated, fields.displacement.float())
                 losses["correction"] = self.correction_weight * correction_loss(
@@ -460,6 +481,7 @@ def build_model(
     correction_weight: float = 20.0,
     smoothness_weight: float = 10.0,
     centering_weight: float = 0.0,
+    initial_alignment: str | None = None,
     registration: dict[str, Any] | None = None,
     replay_buffer_size: int = 0,
     total_steps: int | None = None,
@@ -491,6 +513,14 @@ def build_model(
             persistent shift of R's field cannot hide a drift of ``G``. 0 (default, the paper)
             turns it off; the noise sweep uses 10 with ``registration={"affine": True}``
             (``docs/results/noise_sweep.md``).
+        initial_alignment: +R modes: ``None`` (default, the paper: R's field starts at the
+            identity) or ``"source"``: it starts from the similarity that moves the *source's*
+            foreground (the outline of the anatomy, whatever its contrast) onto the target's,
+            computed in closed form (:func:`~regcorrect.registration.moment_alignment`,
+            ``weights="foreground"``); R learns the rest. ``G(x)`` shares the source's geometry,
+            so nothing ``G`` does can shift this start, and ``G`` cannot drift with R. For
+            misalignments that are mostly global (the paper's noise; rigid motion between
+            scans) of images with a background at ``-1``; see ``docs/training.md``.
         registration: keyword arguments of :class:`~regcorrect.registration.RegUNet`; default
             ``{}``: the paper's R (adaptive depth, whole-image receptive field). ``{"affine":
             True}`` adds a global affine head that absorbs large (mostly affine) misalignments
@@ -550,6 +580,7 @@ def build_model(
         correction_weight=correction_weight,
         smoothness_weight=smoothness_weight,
         centering_weight=centering_weight,
+        initial_alignment=initial_alignment,
         learning_rate=learning_rate,
         betas=betas,
         replay_buffer_size=replay_buffer_size,

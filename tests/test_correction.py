@@ -8,11 +8,13 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from regcorrect import CorrectionOutput, RegistrationCorrection, RegUNet, warp
+from regcorrect.correction import run_registration
 from regcorrect.losses import (
     centered_correction_loss,
     correction_loss,
@@ -20,7 +22,14 @@ from regcorrect.losses import (
     generator_loss,
     smoothness_loss,
 )
-from regcorrect.registration import RegistrationFields
+from regcorrect.registration import (
+    RegistrationFields,
+    affine_to_displacement,
+    compose,
+    moment_alignment,
+)
+
+from .registration.test_alignment import render_contrast, similarity
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 SMALL = (8, 16, 16, 16)
@@ -348,6 +357,97 @@ class TestRegistrationCorrection:
         out.total.backward()
         with pytest.raises(ValueError, match="centering_weight"):
             RegistrationCorrection(tiny_generator(), RegUNet(channels=SMALL), centering_weight=-1)
+
+
+def two_contrasts(angle=6.0, scale=1.05, shift=(3.0, -2.0), size=(64, 60)):
+    """A "T1" source moved by a similarity and a "T2" target in place: one outline, opposite
+    contrasts. Returns ``(source, target, true field)`` (float32; the field warps the source's
+    geometry onto the target's)."""
+    centre = np.array([(size[1] - 1) / 2, (size[0] - 1) / 2])
+    about = similarity(angle, scale, (0.0, 0.0))
+    forward = np.concatenate(
+        [about[:, :2], (centre - about[:, :2] @ centre + np.asarray(shift))[:, None]], axis=1
+    )
+    source = render_contrast(size, 1.0, forward).float()
+    target = render_contrast(size, -1.0).float()
+    return source, target, affine_to_displacement(torch.from_numpy(forward).float(), size)
+
+
+class TestInitialAlignment:
+    """``initial_alignment="source"``: R starts from the source's foreground aligned onto the
+    target's."""
+
+    def test_reg_net_sees_the_aligned_translation_and_the_fields_compose(self):
+        source, target, _ = two_contrasts()
+        translated = torch.rand_like(source) * 2 - 1
+        field = constant_field(0.5, -0.25, size=(64, 60))
+        spy = SpyRegNet(field)
+        fields = run_registration(
+            spy, translated, target, initial_alignment="source", source=source
+        )
+        start = affine_to_displacement(
+            moment_alignment(source, target, weights="foreground"), (64, 60)
+        )
+        torch.testing.assert_close(spy.inputs[0], torch.cat([warp(translated, start), target], 1))
+        torch.testing.assert_close(fields.displacement, compose(field, start))
+        torch.testing.assert_close(fields.residual, field)
+        # without it: the paper's R, from the identity
+        plain = run_registration(spy, translated, target)
+        torch.testing.assert_close(plain.displacement, field)
+
+    def test_an_untrained_r_already_aligns_two_contrasts(self):
+        """R's output starts near zero, so the field is the source's alignment: the true
+        similarity within a tenth of a pixel, though G(x) (here: the source) has the other
+        contrast, which moves intensity-weighted moments by pixels."""
+        source, target, truth = two_contrasts()
+        model = RegistrationCorrection(
+            nn.Identity(), RegUNet(channels=SMALL), initial_alignment="source"
+        )
+        out = model(source, target)
+        brain = target[0, 0] > -0.9
+        error = (out.displacement.detach() - truth).norm(dim=1)[0][brain].mean()
+        assert float(error) < 0.1
+        plain = RegistrationCorrection(nn.Identity(), RegUNet(channels=SMALL))(source, target)
+        assert float((plain.displacement.detach() - truth).norm(dim=1)[0][brain].mean()) > 3.0
+        # registered = G(x) warped onto the target: the outline now matches
+        outline = lambda image: (image.detach()[0, 0] > -0.9).float()  # noqa: E731
+        assert float((outline(out.registered) - outline(target)).abs().mean()) < 0.01
+
+    def test_gradients_reach_g_and_r(self):
+        source, target, _ = two_contrasts(size=(32, 32))
+        generator = tiny_generator()
+        model = RegistrationCorrection(
+            generator, RegUNet(channels=SMALL), initial_alignment="source"
+        )
+        model(source, target).total.backward()
+        for net in (generator, model.reg_net):
+            assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+
+    def test_translated_path_and_register_need_the_source(self):
+        source, target, _ = two_contrasts(size=(32, 32))
+        model = RegistrationCorrection(None, RegUNet(channels=SMALL), initial_alignment="source")
+        translated = torch.rand_like(target) * 2 - 1
+        with pytest.raises(ValueError, match=r"source must be given.*initial_alignment='source'"):
+            model(None, target, translated=translated)
+        with pytest.raises(ValueError, match="source must be given"):
+            model.register(translated, target)
+        out = model(source, target, translated=translated)
+        torch.testing.assert_close(
+            out.displacement, model.register(translated, target, source=source).displacement
+        )
+
+    def test_errors(self):
+        with pytest.raises(ValueError, match="initial_alignment must be one of"):
+            RegistrationCorrection(nn.Identity(), RegUNet(channels=SMALL), initial_alignment="x")
+        source, target, _ = two_contrasts(size=(32, 32))
+        with pytest.raises(ValueError, match="source and target must share"):
+            run_registration(
+                SpyRegNet(constant_field(0, 0, (32, 32))),
+                target,
+                target,
+                initial_alignment="source",
+                source=source[:, :, :16],
+            )
 
 
 class TestTrainingStep:

@@ -14,6 +14,7 @@ from regcorrect import MODES, TranslationModel, build_model
 from regcorrect.backbones import METHODS, CycleGAN
 from regcorrect.losses import centered_correction_loss
 from regcorrect.modes import ReplayBuffer
+from regcorrect.registration import affine_to_displacement, compose, moment_alignment, warp
 
 TINY: dict[str, dict[str, Any]] = {
     "cyclegan": {"base_channels": 8, "num_residual_blocks": 1, "discriminator_channels": 8},
@@ -397,6 +398,40 @@ class TestCentering:
     def test_negative_weight_is_an_error(self) -> None:
         with pytest.raises(ValueError, match="centering_weight"):
             tiny_model("cyclegan", "nc+r", centering_weight=-1.0)
+
+
+class TestInitialAlignment:
+    def test_default_is_the_papers_identity_start(self) -> None:
+        assert tiny_model("cyclegan", "nc+r").initial_alignment is None
+
+    def test_training_and_register_use_the_source(self) -> None:
+        model = tiny_model("cyclegan", "nc+r", initial_alignment="source")
+        source, target = images(), images()
+        target[..., :6, :] = -1.0  # some background, so that the outlines differ
+        seen: list[torch.Tensor] = []
+        decompose = model.registration.decompose
+        model.registration.decompose = lambda x: seen.append(x) or decompose(x)
+        losses = model.train_step(source, target)
+        assert len(seen) == 1
+        assert set(losses) >= {"correction", "smoothness"}
+        # R saw G(x) already moved by the source's alignment onto the target (not G(x) itself)
+        start = affine_to_displacement(
+            moment_alignment(source, target, weights="foreground"), (32, 32)
+        )
+        assert float(start.abs().max()) > 0.5
+        with torch.no_grad():
+            translated = model.backbone.translate(source)
+            fields = model.register(translated, target, source=source)
+        torch.testing.assert_close(seen[-1][:, :1], warp(translated, start), atol=1e-5, rtol=0)
+        torch.testing.assert_close(fields.displacement, compose(fields.residual, start))
+        with pytest.raises(ValueError, match="source must be given"):
+            model.register(translated, target)
+
+    def test_needs_an_r_and_a_known_name(self) -> None:
+        with pytest.raises(ValueError, match="initial_alignment='source' needs an R"):
+            tiny_model("cyclegan", "nc", initial_alignment="source")
+        with pytest.raises(ValueError, match="initial_alignment must be one of"):
+            tiny_model("cyclegan", "nc+r", initial_alignment="moments")
 
 
 class TestGeneratorAverage:

@@ -5,7 +5,7 @@ channels in axis order (``(dy, dx)`` / ``(dz, dy, dx)``), backward mapping
 ``warped[p] = image[p + u(p)]``, corner-aligned sampling.
 """
 
-from .alignment import moment_alignment
+from .alignment import MOMENT_WEIGHTS, moment_alignment
 from .fields import (
     affine_to_displacement,
     compose,
@@ -27,6 +27,7 @@ __all__ = [
     "folding_fraction",
     "affine_to_displacement",
     "moment_alignment",
+    "MOMENT_WEIGHTS",
     "RegUNet",
     "RegistrationFields",
     "PAPER_CHANNELS",

@@ -44,8 +44,9 @@ def build_from_config(
         if key in options:
             raise ConfigError(f"{key} is given both at the top level and in backbone; give one")
         options[key] = float(value)
-    registration = None
+    registration, initial_alignment = None, None  # R's options are ignored without R
     if config.mode.endswith("+r"):
+        initial_alignment = config.initial_alignment
         registration = dict(config.registration)
         if "channels" in registration:
             registration["channels"] = tuple(registration["channels"])
@@ -62,6 +63,7 @@ def build_from_config(
             correction_weight=config.correction_weight,
             smoothness_weight=config.smoothness_weight,
             centering_weight=config.centering_weight,
+            initial_alignment=initial_alignment,
             ema_decay=config.ema_decay,
             registration=registration,
             replay_buffer_size=config.replay_buffer_size,

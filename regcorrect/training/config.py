@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..backbones import METHODS
+from ..correction import INITIAL_ALIGNMENTS
 from ..data import NOISE_LEVELS, PairAugmentation
 from ..modes import MODES
 
@@ -84,6 +85,9 @@ class TrainingConfig:
         centering_weight: weight of the centred correction loss (+R modes; ``G`` also matched to
             the target under R's field minus its running mean; 0, the default and the paper,
             turns it off; see ``docs/training.md``).
+        initial_alignment: ``null`` (default, the paper) or ``"source"`` (+R modes): R's field
+            starts from the source's foreground aligned onto the target's (see
+            :func:`~regcorrect.build_model`).
         ema_decay: decay of an exponential moving average of the generators' weights, used to
             evaluate and translate (0, the default, keeps none; e.g. 0.999).
         replay_buffer_size: discriminator history (official code: 50; 0 = off).
@@ -133,6 +137,7 @@ class TrainingConfig:
     correction_weight: float = 20.0
     smoothness_weight: float = 10.0
     centering_weight: float = 0.0
+    initial_alignment: str | None = None
     ema_decay: float = 0.0
     replay_buffer_size: int = 50
     data: str | list[str] = "icbm152"
@@ -198,6 +203,7 @@ class TrainingConfig:
         _choice(self.gan_mode, "gan_mode", ("lsgan", "vanilla", "hinge"))
         _choice(self.device, "device", DEVICES)
         _choice(self.noise_level, "noise_level", tuple(NOISE_LEVELS))
+        _choice(self.initial_alignment, "initial_alignment", (None, *INITIAL_ALIGNMENTS))
         for name in ("backbone", "registration"):
             value = getattr(self, name)
             if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):

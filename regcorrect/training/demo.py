@@ -113,7 +113,9 @@ def _panel(trainer: Trainer, path: Path, noise_level: int, seed: int) -> None:
     model = trainer.model
     translated = model.translate(source).cpu()
     model.eval()
-    fields = model.register(translated.to(model.device), target.to(model.device))
+    fields = model.register(
+        translated.to(model.device), target.to(model.device), source=source.to(model.device)
+    )
     displacement = fields.displacement.float().cpu()
     registered = warp(translated, displacement)
     plot_panel(

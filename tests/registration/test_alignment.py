@@ -43,6 +43,27 @@ def render(spatial: tuple[int, ...], matrix: np.ndarray | None = None) -> torch.
     return torch.from_numpy(values.reshape(spatial))[None, None]
 
 
+def render_contrast(spatial: tuple[int, ...], contrast: float, matrix=None) -> torch.Tensor:
+    """An ellipse whose *outline* is the same for every ``contrast`` (a rim 0.3 above the background
+    and a linear edge over about a pixel, background -1) but whose inside runs from dark to
+    bright along x (``contrast=1``) or the other way (``contrast=-1``): two "modalities" of one
+    anatomy. ``matrix`` as in :func:`render`; ``(1, 1, *spatial)`` float64."""
+    n = len(spatial)
+    axes = [np.arange(s, dtype=float) for s in spatial]
+    points = np.stack(np.meshgrid(*axes, indexing="ij"))[::-1].reshape(n, -1)
+    if matrix is not None:
+        points = matrix[:, :n] @ points + matrix[:, n:]
+    centre = np.array([(s - 1) / 2 for s in spatial][::-1])[:, None]
+    radii = np.array([0.14, 0.09, 0.11][:n])[:, None] * min(spatial)
+    r2 = (((points - centre) / radii) ** 2).sum(0)
+    inside = np.clip((2.5 - r2) * 3, 0, 1)  # 1 inside, linear edge, 0 outside
+    rim = np.clip((r2 - 1.0) / 0.5, 0, 1)  # 1 near the outline
+    along = np.tanh((points[0] - centre[0]) / radii[0])  # -1 .. 1 across the ellipse
+    core = 1.1 + 0.8 * contrast * along  # 0.3 .. 1.9 above the background
+    values = -1.0 + inside * (rim * 0.3 + (1 - rim) * core)
+    return torch.from_numpy(values.reshape(spatial))[None, None]
+
+
 def to3(matrix: np.ndarray) -> np.ndarray:
     n = matrix.shape[0]
     return np.vstack([matrix, np.eye(n + 1)[-1:]])
@@ -175,6 +196,51 @@ class TestMomentAlignment:
         moving = torch.rand(1, 1, 20, 20, requires_grad=True)
         assert not moment_alignment(moving, torch.rand(1, 1, 20, 20)).requires_grad
 
+    @settings(max_examples=15, deadline=None)
+    @given(
+        angle=st.floats(-10, 10),
+        scale=st.floats(0.92, 1.08),
+        shift=st.tuples(st.floats(-5, 5), st.floats(-5, 5)),
+    )
+    def test_foreground_weights_align_two_contrasts(self, angle, scale, shift) -> None:
+        spatial = (64, 60)
+        centre = np.array([29.5, 31.5])
+        about = similarity(angle, scale, (0.0, 0.0))
+        offset = centre - about[:, :2] @ centre + np.asarray(shift)
+        forward = np.concatenate([about[:, :2], offset[:, None]], axis=1)
+        moving = render_contrast(spatial, 1.0, forward)  # "T1" moved
+        fixed = render_contrast(spatial, -1.0)  # "T2" in place
+        truth = affine_to_displacement(torch.from_numpy(forward), spatial)
+        brain = fixed[0, 0] > -0.9
+
+        def error(matrix: torch.Tensor) -> float:
+            field = affine_to_displacement(matrix, spatial)
+            return float((field - truth).norm(dim=1)[0][brain].mean())
+
+        outline = moment_alignment(moving, fixed, weights="foreground")
+        assert error(outline) < 0.1
+        np.testing.assert_allclose(outline[0, :, :2].numpy(), forward[:, :2], atol=0.01)
+        # intensity weights follow the contrast (bright side left vs right) and miss
+        assert error(moment_alignment(moving, fixed)) > 1.0
+
+    def test_foreground_weights_values_and_channels(self) -> None:
+        generator = torch.Generator().manual_seed(3)
+        fixed = torch.rand(2, 1, 30, 34, generator=generator, dtype=torch.float64) * 2 - 1
+        moving = torch.roll(fixed, shifts=(2, -1), dims=(2, 3))
+        matrix = moment_alignment(moving, fixed, weights="foreground", foreground_ramp=0.5)
+        # independent reference: scipy's centres of mass of clip((x + 1) / ramp, 0, 1)
+        weight = lambda image: np.clip((image.numpy() + 1) / 0.5, 0, 1)  # noqa: E731
+        for i in range(2):
+            my, mx = ndimage.center_of_mass(weight(moving[i, 0]))
+            fy, fx = ndimage.center_of_mass(weight(fixed[i, 0]))
+            uncentred = matrix[i, :, :2] @ torch.tensor([mx, my]).double() + matrix[i, :, 2]
+            torch.testing.assert_close(uncentred, torch.tensor([fx, fy]).double())
+        # channels: the largest of them counts; fixed and moving may have different counts
+        three = torch.cat([fixed, fixed - 0.5, -torch.ones_like(fixed)], dim=1)
+        torch.testing.assert_close(
+            moment_alignment(moving, three, weights="foreground", foreground_ramp=0.5), matrix
+        )
+
     def test_errors(self) -> None:
         image = torch.zeros(1, 1, 16, 16)
         with pytest.raises(ValueError, match=r"moving.*\(B, C, H, W\)"):
@@ -195,3 +261,9 @@ class TestMomentAlignment:
             moment_alignment(image, image, max_rotation_deg="45")  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="background"):
             moment_alignment(image, image, background="-1")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="weights must be one of"):
+            moment_alignment(image, image, weights="mask")
+        with pytest.raises(ValueError, match="foreground_ramp must be > 0, got 0"):
+            moment_alignment(image, image, weights="foreground", foreground_ramp=0)
+        with pytest.raises(ValueError, match=r"batch and spatial.*\(2, 1, 16, 16\)"):
+            moment_alignment(image, torch.zeros(2, 1, 16, 16))

@@ -90,6 +90,11 @@ class TestTrainingConfig:
             ("spacing", 0, "spacing must be"),
             ("correction_weight", -1, "correction_weight must be a number >= 0"),
             ("centering_weight", -0.5, "centering_weight must be a number >= 0"),
+            (
+                "initial_alignment",
+                "moments",
+                r"initial_alignment must be one of \[None, 'source'\]",
+            ),
             ("backbone", [1, 2], "backbone must be a mapping"),
             ("test_fraction", 1.0, "test_fraction"),
             ("augmentation", [1, 2], "augmentation must be null or a mapping"),

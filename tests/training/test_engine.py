@@ -146,6 +146,12 @@ class TestBuildFromConfig:
                 tiny_config(None, mode="nc+r", registration={"prealign": "x"}), (32, 32)
             )
 
+    def test_initial_alignment_reaches_the_model(self) -> None:
+        config = tiny_config(None, mode="nc+r", initial_alignment="source")
+        assert build_from_config(config, (32, 32)).initial_alignment == "source"
+        assert build_from_config(config.replace(mode="nc"), (32, 32)).initial_alignment is None
+        assert build_from_config(tiny_config(None, mode="nc+r"), (32, 32)).initial_alignment is None
+
     def test_augmentation_reaches_the_training_pairs(self) -> None:
         trainer = tiny_trainer(None, augmentation={"flip_probability": 1.0})
         assert trainer.dataset.augmentation is not None

@@ -22,7 +22,7 @@ class A: pass
 args = A()
 args.amp=True; args.device="cpu"; args.lr=2e-4; args.steps=800; args.base_channels=32; args.residual_blocks=6
 args.reg_channels=[16,32,32,32,32,32]; args.affine=True; args.affine_features="moments"; args.reg_passes=2
-import os; args.prealign=os.environ.get("PREALIGN") or None; args.smoothness_weight=float(os.environ.get("SMOOTH", "10")); args.correction_weight=20.0; args.centering_weight=10.0; args.ema_decay=0.99
+import os; args.prealign=os.environ.get("PREALIGN") or None; args.initial_alignment=None; args.smoothness_weight=float(os.environ.get("SMOOTH", "10")); args.correction_weight=20.0; args.centering_weight=10.0; args.ema_decay=0.99
 mode = sys.argv[4] if len(sys.argv) > 4 else "pix2pix"
 train, test = ns.load_data(2.0, (112, 96))
 model = ns.sweep_model(args, mode, 0, (112, 96))
