@@ -514,10 +514,10 @@ def build_model(
             turns it off; the noise sweep uses 10 with ``registration={"affine": True}``
             (``docs/results/noise_sweep.md``).
         initial_alignment: +R modes: ``None`` (default, the paper: R's field starts at the
-            identity) or ``"source"``: it starts from the similarity that moves the *source's*
-            foreground (the outline of the anatomy, whatever its contrast) onto the target's,
-            computed in closed form (:func:`~regcorrect.registration.moment_alignment`,
-            ``weights="foreground"``); R learns the rest. ``G(x)`` shares the source's geometry,
+            identity) or ``"source"``: it starts from the affine that moves the *source's*
+            foreground (the outline of the anatomy, whatever its contrast) onto the target's
+            (:func:`~regcorrect.registration.moment_alignment`, ``weights="foreground"``,
+            ``refine_steps=5``; no learning); R learns the rest. ``G(x)`` shares the source's geometry,
             so nothing ``G`` does can shift this start, and ``G`` cannot drift with R. For
             misalignments that are mostly global (the paper's noise; rigid motion between
             scans) of images with a background at ``-1``; see ``docs/training.md``.

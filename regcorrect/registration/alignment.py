@@ -30,8 +30,16 @@ import math
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_finite, check_float, check_rank, check_same_device
+from .._checks import (
+    check_choice,
+    check_count,
+    check_finite,
+    check_float,
+    check_rank,
+    check_same_device,
+)
 from .grid import centred_coordinates, centring_half
+from .warp import warp
 
 __all__ = ["moment_alignment", "MOMENT_WEIGHTS"]
 
@@ -41,12 +49,62 @@ MOMENT_WEIGHTS = ("intensity", "foreground")
 
 
 def _weights(image: Tensor, background: float, kind: str, ramp: float) -> Tensor:
-    """Per-pixel weights ``(B, P)``: intensity above the background summed over the channels,
-    or the foreground ramp (0 at the background, 1 from ``background + ramp``, channel max)."""
+    """Per-pixel weights ``(B, 1, *spatial)``: intensity above the background summed over the
+    channels, or the foreground ramp (0 at the background, 1 from ``background + ramp``,
+    channel max)."""
     above = image - background
     if kind == "intensity":
-        return above.clamp(min=0).sum(dim=1).flatten(1)
-    return (above.amax(dim=1) / ramp).clamp(0, 1).flatten(1)
+        return above.clamp(min=0).sum(dim=1, keepdim=True)
+    return (above.amax(dim=1, keepdim=True) / ramp).clamp(0, 1)
+
+
+def _refine(
+    moving: Tensor, fixed: Tensor, linear: Tensor, shift: Tensor, coords: Tensor, steps: int
+) -> tuple[Tensor, Tensor]:
+    """Levenberg–Marquardt steps on the affine ``q_fixed = linear q_moving + shift`` (centred
+    pixel coordinates ``coords`` ``(N, P)``, axis order) that lower the sum of squared differences
+    between the weight maps ``fixed(q)`` and ``moving(T(q))``, ``T`` the inverse affine.
+
+    Per sample: Gauss–Newton with the Jacobian ``∇moving(T(q)) ⊗ (q, 1)`` (central differences,
+    warped with the map), damped by ``λ · diag`` — a step is kept only if it lowers the cost
+    (then ``λ / 10``, else ``λ · 10``), so the result is never worse than the start.
+    """
+    batch, n = linear.shape[0], linear.shape[-1]
+    spatial = tuple(moving.shape[2:])
+    gradients = torch.gradient(moving, dim=tuple(range(2, 2 + n)))
+    stack = torch.cat([moving, *gradients], dim=1)  # (B, 1 + N, *spatial)
+    target = fixed.flatten(1)
+    inverse = torch.linalg.inv(linear)  # T(q) = inverse q + offset
+    offset = -(inverse @ shift[:, :, None])[..., 0]
+    identity = torch.eye(n, dtype=linear.dtype, device=linear.device)
+
+    def sample(matrix: Tensor, translation: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        field = (matrix - identity) @ coords + translation[:, :, None]  # T(q) - q, (B, N, P)
+        values = warp(stack, field.reshape(batch, n, *spatial)).flatten(2)
+        residual = values[:, 0] - target
+        return residual, values[:, 1:], (residual * residual).sum(dim=1)
+
+    residual, slope, cost = sample(inverse, offset)
+    damping = torch.full((batch,), 1e-3, dtype=linear.dtype, device=linear.device)
+    for _ in range(steps):
+        # d T_i / d inverse_ij = q_j, d T_i / d offset_i = 1  ->  (B, N * N + N, P)
+        jacobian = torch.cat([(slope[:, :, None] * coords[None, None]).flatten(1, 2), slope], dim=1)
+        hessian = jacobian @ jacobian.transpose(1, 2)
+        diagonal = torch.diagonal(hessian, dim1=1, dim2=2)
+        floor = 1e-9 * (diagonal.amax(dim=1, keepdim=True) + 1)
+        system = hessian + torch.diag_embed(damping[:, None] * diagonal + floor)
+        step = -torch.linalg.solve(system, jacobian @ residual[:, :, None])[..., 0]
+        trial = inverse + step[:, : n * n].reshape(batch, n, n), offset + step[:, n * n :]
+        trial_residual, trial_slope, trial_cost = sample(*trial)
+        better = trial_cost < cost
+        inverse = torch.where(better[:, None, None], trial[0], inverse)
+        offset = torch.where(better[:, None], trial[1], offset)
+        residual = torch.where(better[:, None], trial_residual, residual)
+        slope = torch.where(better[:, None, None], trial_slope, slope)
+        cost = torch.where(better, trial_cost, cost)
+        damping = torch.where(better, damping / 10, damping * 10)
+    linear = torch.linalg.inv(inverse)
+    return linear, -(linear @ offset[:, :, None])[..., 0]
 
 
 def _moments(weights: Tensor, coords: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -98,6 +156,7 @@ def moment_alignment(
     min_anisotropy: float = 0.15,
     weights: str = "intensity",
     foreground_ramp: float = 0.3,
+    refine_steps: int = 0,
 ) -> Tensor:
     """Similarity transform that moves ``moving``'s centroid and second moments onto ``fixed``'s.
 
@@ -119,6 +178,12 @@ def moment_alignment(
         foreground_ramp: width of the foreground ramp in intensity units, ``> 0`` (0.3 for
             images in ``[-1, 1]``: partial-volume pixels at the outline weigh in part, tissue
             fully).
+        refine_steps: after the closed form, this many Levenberg–Marquardt steps that refine
+            it to the **affine** transform minimising the squared difference of the two weight
+            maps (each step: one warp of the moving map and its gradient; a step that does not
+            lower the difference is not taken). 0 (default): the similarity alone. On T1→T2
+            level-5 slices with foreground weights, 3 steps take the end-point error from
+            0.26 px to 0.08 px.
 
     Returns:
         ``(B, N, N + 1)`` affine matrices (float32, or float64 for float64 inputs) in
@@ -176,18 +241,18 @@ def moment_alignment(
     check_choice(weights, "weights", MOMENT_WEIGHTS)
     if not foreground_ramp > 0:
         raise ValueError(f"foreground_ramp must be > 0, got {foreground_ramp!r}")
+    check_count(refine_steps, "refine_steps")
+    foreground_ramp = float(foreground_ramp)
     dtype = torch.float64 if torch.float64 in (moving.dtype, fixed.dtype) else torch.float32
     spatial = tuple(moving.shape[2:])
     n = len(spatial)
     with torch.no_grad(), torch.autocast(device_type=moving.device.type, enabled=False):
         coords = centred_coordinates(spatial, device=moving.device, dtype=dtype)
         coords = coords * centring_half(spatial)
-        mass_m, centre_m, cov_m = _moments(
-            _weights(moving.to(dtype), float(background), weights, float(foreground_ramp)), coords
-        )
-        mass_f, centre_f, cov_f = _moments(
-            _weights(fixed.to(dtype), float(background), weights, float(foreground_ramp)), coords
-        )
+        moving_weights = _weights(moving.to(dtype), float(background), weights, foreground_ramp)
+        fixed_weights = _weights(fixed.to(dtype), float(background), weights, foreground_ramp)
+        mass_m, centre_m, cov_m = _moments(moving_weights.flatten(1), coords)
+        mass_f, centre_f, cov_f = _moments(fixed_weights.flatten(1), coords)
         det_m, det_f = torch.linalg.det(cov_m), torch.linalg.det(cov_f)
         valid = (mass_m > 0) & (mass_f > 0) & (det_m > 0) & (det_f > 0)
         ratio = torch.where(valid, det_f / det_m.clamp(min=1e-30), torch.ones_like(det_f))
@@ -198,6 +263,10 @@ def moment_alignment(
         linear = torch.where(valid[:, None, None], linear, identity)
         shift = centre_f - (linear @ centre_m[:, :, None])[..., 0]
         shift = torch.where(valid[:, None], shift, torch.zeros_like(shift))
+        if refine_steps:
+            linear, shift = _refine(
+                moving_weights, fixed_weights, linear, shift, coords, refine_steps
+            )
         # q_fixed = linear q_moving + shift on centred axis-order coordinates; to plain pixel
         # coordinates (centre o): p_fixed = linear p_moving + shift + o - linear o
         origin = torch.tensor([(size - 1) / 2.0 for size in spatial], dtype=dtype)
