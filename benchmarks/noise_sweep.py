@@ -49,6 +49,7 @@ VARIANT_KEYS = (
     "reg_passes",
     "prealign",
     "initial_alignment",
+    "correction_weight",
     "smoothness_weight",
     "centering_weight",
     "ema_decay",
@@ -71,8 +72,12 @@ def variant_label(settings: dict) -> str:
         parts.append(f"{settings['initial_alignment']} initial alignment")
     if settings.get("prealign"):
         parts.append(f"{settings['prealign']} pre-alignment")
-    if settings.get("reg_passes", 1) > 1:
+    if settings.get("reg_passes", 1) == 0:
+        parts.append("no learned R")
+    elif settings.get("reg_passes", 1) > 1:
         parts.append(f"{settings['reg_passes']} passes of R")
+    if settings.get("correction_weight", 20.0) != 20.0:
+        parts.append(f"correction {settings['correction_weight']:g}")
     if settings.get("smoothness_weight", 10.0) != 10.0:
         parts.append(f"smoothness {settings['smoothness_weight']:g}")
     if settings.get("centering_weight"):
@@ -93,8 +98,10 @@ def model_flags(settings: dict, *, centering: bool = False) -> str:
         flags += f" --initial-alignment {settings['initial_alignment']}"
     if settings.get("prealign"):
         flags += f" --prealign {settings['prealign']}"
-    if settings.get("reg_passes", 1) > 1:
+    if settings.get("reg_passes", 1) != 1:
         flags += f" --reg-passes {settings['reg_passes']}"
+    if settings.get("correction_weight", 20.0) != 20.0:
+        flags += f" --correction-weight {settings['correction_weight']:g}"
     if settings.get("smoothness_weight", 10.0) != 10.0:
         flags += f" --smoothness-weight {settings['smoothness_weight']:g}"
     if centering or settings.get("centering_weight"):
@@ -333,7 +340,7 @@ def settings_of(args) -> dict:
     # only when used, so rows from before these options still match
     if args.affine:
         settings["affine_features"] = args.affine_features
-    if args.reg_passes > 1:
+    if args.reg_passes != 1:
         settings["reg_passes"] = args.reg_passes
     if args.prealign:
         settings["prealign"] = args.prealign
@@ -692,7 +699,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         dest="reg_passes",
         type=int,
         default=1,
-        help="times R refines its own field (RegUNet's passes; 1: the paper's R)",
+        help="times R refines its own field (RegUNet's passes; 1: the paper's R; 0: R's "
+        "network is not run, the field is the closed-form alignment alone)",
     )
     parser.add_argument(
         "--prealign",

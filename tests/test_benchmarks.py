@@ -112,6 +112,14 @@ def test_noise_sweep_variant_rows_are_checked_under_their_own_label() -> None:
         " --affine --affine-features moments --prealign moments --reg-passes 2 "
         "--smoothness-weight 100 --centering-weight 10"
     )
+    anchored = dict(base, initial_alignment="source", reg_passes=0, correction_weight=100.0)
+    assert _is_variant(anchored, dict(base, correction_weight=20.0))
+    assert variant_label(anchored) == (
+        "RegGAN + source initial alignment + no learned R + correction 100"
+    )
+    assert model_flags(anchored) == (
+        " --initial-alignment source --reg-passes 0 --correction-weight 100"
+    )
     assert model_flags(base) == "" and model_flags(base, centering=True) == " --centering-weight 0"
     assert model_flags(ours) == " --affine --affine-features mean --centering-weight 10"
     rows = [

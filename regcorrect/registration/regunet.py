@@ -205,7 +205,10 @@ class RegUNet(nn.Module):
             ``cat([warp(moving, u), fixed])`` with ``u`` the field of passes ``1..k-1``
             (border padding) and its field is composed onto ``u``. ``moving`` and ``fixed`` are
             the two halves of the input's channels, so ``passes > 1`` needs an even
-            ``in_channels``. Costs ``passes`` times the compute of one pass.
+            ``in_channels``. Costs ``passes`` times the compute of one pass. ``0``: the network
+            is not applied — the field is the pre-alignment (``prealign``) or zero; with
+            ``build_model(..., initial_alignment="source")`` a registration that is all closed
+            form (the network's weights stay unused).
         prealign: ``None`` (default, the paper) or ``"moments"``: before the network's passes,
             ``moving`` is aligned onto ``fixed`` by the similarity transform that matches their
             intensity moments (:func:`~regcorrect.registration.moment_alignment`, background
@@ -350,8 +353,8 @@ class RegUNet(nn.Module):
 
     @passes.setter
     def passes(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"passes must be an integer >= 1, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"passes must be an integer >= 0, got {value!r}")
         if value > 1 and self.in_channels % 2:
             raise ValueError(
                 f"passes > 1 needs an even in_channels (cat([moving, fixed]) of equal channels), "
@@ -445,6 +448,8 @@ class RegUNet(nn.Module):
             return self._one_pass(x)
         half = self.in_channels // 2
         moving, fixed = x[:, :half], x[:, half:]
+        if self.passes == 0 and self.prealign is None:
+            return self._identity_fields(x)
         if self.prealign is None:
             fields, remaining = self._one_pass(x), self.passes - 1
         else:
@@ -458,6 +463,15 @@ class RegUNet(nn.Module):
                 affine=None if step.affine is None else _compose_affine(step.affine, fields.affine),
             )
         return fields
+
+    def _identity_fields(self, x: Tensor) -> RegistrationFields:
+        """Zero fields (``passes=0`` without a pre-alignment): no registration at all."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        zeros = x.new_zeros((x.shape[0], self.spatial_dims, *x.shape[2:]), dtype=dtype)
+        theta = x.new_zeros((x.shape[0], self.spatial_dims, self.spatial_dims + 1), dtype=dtype)
+        return RegistrationFields(
+            displacement=zeros, residual=zeros, affine=theta if self.affine else None
+        )
 
     def _moment_fields(self, moving: Tensor, fixed: Tensor) -> RegistrationFields:
         """The moment alignment of ``moving`` onto ``fixed`` as fields (no gradient)."""

@@ -444,9 +444,9 @@ class TestPasses:
         assert net.passes == 1
 
     def test_errors(self):
-        with pytest.raises(ValueError, match="passes must be an integer >= 1, got 0"):
-            RegUNet(channels=SMALL, passes=0)
-        with pytest.raises(ValueError, match="passes must be an integer >= 1"):
+        with pytest.raises(ValueError, match="passes must be an integer >= 0, got -1"):
+            RegUNet(channels=SMALL, passes=-1)
+        with pytest.raises(ValueError, match="passes must be an integer >= 0"):
             RegUNet(channels=SMALL, passes=2.0)
         with pytest.raises(ValueError, match="even in_channels.*got in_channels=3"):
             RegUNet(channels=SMALL, in_channels=3, passes=2)
@@ -527,6 +527,28 @@ class TestPrealign:
             np.testing.assert_allclose(got, expected.double().numpy(), atol=2e-3)
         else:
             assert fields.affine is None
+
+    @pytest.mark.parametrize("affine", [False, True])
+    def test_zero_passes_do_not_run_the_network(self, affine, monkeypatch):
+        """``passes=0``: the field is the pre-alignment alone (or zero without one)."""
+        image, target, _, _ = self._misaligned()
+        x = torch.cat([image, target], dim=1)
+        net = RegUNet(channels=SMALL, affine=affine, prealign="moments", passes=0)
+        monkeypatch.setattr(net, "_one_pass", lambda _x: pytest.fail("the network ran"))
+        fields = net.decompose(x)
+        expected = affine_to_displacement(moment_alignment(image, target), (64, 64))
+        torch.testing.assert_close(fields.displacement, expected, atol=2e-3, rtol=0)
+        assert float(fields.residual.abs().max()) == 0.0
+        net.prealign = None
+        fields = net.decompose(x)
+        assert fields.displacement.shape == (1, 2, 64, 64)
+        assert float(fields.displacement.abs().max()) == 0.0
+        assert float(fields.residual.abs().max()) == 0.0
+        if affine:
+            assert fields.affine.shape == (1, 2, 3) and float(fields.affine.abs().max()) == 0.0
+        else:
+            assert fields.affine is None
+        assert RegUNet(channels=SMALL, in_channels=3, passes=0).passes == 0
 
     def test_passes_refine_after_the_alignment(self):
         image, target, _, _ = self._misaligned()
