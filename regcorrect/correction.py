@@ -31,6 +31,7 @@ __all__ = [
     "CorrectionOutput",
     "run_registration",
     "frozen",
+    "source_alignment",
     "INITIAL_ALIGNMENTS",
 ]
 
@@ -133,8 +134,8 @@ def run_registration(
     ``S`` needs no learning and nothing ``G`` does can move it, so ``G`` keeps its input's
     geometry (see ``docs/training.md``).
     """
+    check_choice(initial_alignment, "initial_alignment", (None, *INITIAL_ALIGNMENTS))
     if initial_alignment is not None:
-        check_choice(initial_alignment, "initial_alignment", INITIAL_ALIGNMENTS)
         if source is None:
             raise ValueError(
                 "source must be given: this model's registration starts from the source's "
@@ -176,9 +177,10 @@ class RegistrationCorrection(nn.Module):
         initial_alignment: ``None`` (default, the paper: R's field starts at the identity) or
             ``"source"``: R starts from the affine that moves the *source's* foreground onto
             the target's (:func:`~regcorrect.registration.moment_alignment` with
-            ``weights="foreground"`` and ``refine_steps=5``) and learns what is left. For misalignments that are
-            mostly global (the paper's noise, rigid motion between scans); it needs the source
-            in :meth:`forward` and :meth:`register` (see :func:`run_registration`).
+            ``weights="foreground"`` and ``refine_steps=5``) and learns what is left. For
+            misalignments that are mostly global (the paper's noise, rigid motion between
+            scans); it needs the source in :meth:`forward` and :meth:`register` (see
+            :func:`run_registration`).
 
     Example:
         >>> from regcorrect import RegistrationCorrection, RegUNet
@@ -215,8 +217,7 @@ class RegistrationCorrection(nn.Module):
         check_choice(smoothness_penalty, "smoothness_penalty", ("l2", "l1"))
         check_choice(padding_mode, "padding_mode", PADDING_MODES)
         check_positive(centering_weight, "centering_weight", strict=False)
-        if initial_alignment is not None:
-            check_choice(initial_alignment, "initial_alignment", INITIAL_ALIGNMENTS)
+        check_choice(initial_alignment, "initial_alignment", (None, *INITIAL_ALIGNMENTS))
         self.initial_alignment = initial_alignment
         self.generator = generator
         self.reg_net = reg_net

@@ -169,12 +169,11 @@ class TranslationModel(nn.Module):
         self.smoothness_weight = float(smoothness_weight)
         check_positive(centering_weight, "centering_weight", strict=False)
         self.centering_weight = float(centering_weight)
-        if initial_alignment is not None:
-            check_choice(initial_alignment, "initial_alignment", INITIAL_ALIGNMENTS)
-            if registration is None:
-                raise ValueError(
-                    f"initial_alignment={initial_alignment!r} needs an R, but mode {mode!r} has none"
-                )
+        check_choice(initial_alignment, "initial_alignment", (None, *INITIAL_ALIGNMENTS))
+        if initial_alignment is not None and registration is None:
+            raise ValueError(
+                f"initial_alignment={initial_alignment!r} needs an R, but mode {mode!r} has none"
+            )
         self.initial_alignment = initial_alignment
         # Only built when used, so default models keep the paper's state-dict keys.
         self.centering = (
