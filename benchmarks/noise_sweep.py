@@ -111,6 +111,20 @@ def model_flags(settings: dict, *, centering: bool = False) -> str:
     return flags
 
 
+def registration_text(settings: dict) -> str:
+    """What R of the table's runs is, in words."""
+    net = f"RegUNet(affine={settings['affine']}, channels={tuple(settings['reg_channels'])})"
+    start = settings.get("initial_alignment")
+    if start and settings.get("reg_passes", 1) == 0:
+        return (
+            f"R = the {start}'s foreground alignment alone (`--initial-alignment {start} "
+            "--reg-passes 0`: moments + 5 refinement steps, no learned part)"
+        )
+    if start:
+        return f"R = {net}, started from the {start}'s foreground alignment"
+    return f"R = {net}"
+
+
 def group_variants(rows: list[dict], settings: dict) -> tuple[dict[str, dict], list[dict]]:
     """The NC+R rows that differ from the table's ``settings`` only in R's options.
 
@@ -494,7 +508,7 @@ def report(args) -> None:
         ),
         f"- CycleGAN ResNet generator, base channels {settings['base_channels']}, "
         f"{settings['residual_blocks']} residual blocks; PatchGAN with {settings['base_channels']} "
-        f"channels; R = RegUNet(affine={settings['affine']}, channels={tuple(settings['reg_channels'])}).",
+        f"channels; {registration_text(settings)}.",
         f"- {settings['steps']} steps, batch {settings['batch']}, Adam lr {settings['lr']} "
         "(β = 0.5, 0.999), linear decay over the second half; LSGAN; weights Adv 1, "
         f"Corr {settings['correction_weight']}, Smooth {settings['smoothness_weight']}, Pix2Pix L1 100, "
@@ -555,18 +569,25 @@ def claims(
             f"{'monotonic' if rising else 'not monotonic'} — "
             f"{'holds' if pix[-1] > pix[0] else 'does not hold'}."
         )
-        if 0 in levels:
+    if pix is not None:  # each claim on the levels Pix2Pix was run at
+        if 0 in levels and pix[levels.index(0)] is not None:
             i = levels.index(0)
             lines.append(
                 f"- RegGAN ≤ Pix2Pix at Noise.0: {ours[i]:.4f} vs {pix[i]:.4f} — "
                 f"{'holds' if ours[i] <= pix[i] else 'does not hold'}."
             )
-        others = [(lv, o, p) for lv, o, p in zip(levels, ours, pix, strict=True) if lv != 0]
+        others = [
+            (lv, o, p)
+            for lv, o, p in zip(levels, ours, pix, strict=True)
+            if lv != 0 and p is not None
+        ]
         better = [lv for lv, o, p in others if o < p]
-        lines.append(
-            f"- RegGAN better than Pix2Pix at every level ≥ 1: better at {len(better)} of "
-            f"{len(others)} levels — {'holds' if len(better) == len(others) else 'does not hold'}."
-        )
+        if others:
+            lines.append(
+                f"- RegGAN better than Pix2Pix at every level ≥ 1: better at {len(better)} of "
+                f"{len(others)} levels — "
+                f"{'holds' if len(better) == len(others) else 'does not hold'}."
+            )
     cyc = nmae.get("c")
     if cyc is not None and None not in cyc:
         better = [lv for lv, o, c in zip(levels, ours, cyc, strict=True) if o < c]

@@ -87,7 +87,14 @@ def test_noise_sweep_claims_are_checked_both_ways() -> None:
 def test_noise_sweep_variant_rows_are_checked_under_their_own_label() -> None:
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        from noise_sweep import _is_variant, claims, group_variants, model_flags, variant_label
+        from noise_sweep import (
+            _is_variant,
+            claims,
+            group_variants,
+            model_flags,
+            registration_text,
+            variant_label,
+        )
     finally:
         sys.path.remove(str(BENCHMARKS))
     base = {"steps": 800, "affine": False, "lr": 2e-4}
@@ -141,6 +148,23 @@ def test_noise_sweep_variant_rows_are_checked_under_their_own_label() -> None:
     lines = claims(means, [0, 1], "nc+r ours 2", variant_label(moments))
     assert lines[1] == "## The paper's claims, checked on NMAE: " + variant_label(moments)
     assert claims(means, [0, 1], "nc+r", "RegGAN") == []  # no rows of that mode
+    # Pix2Pix run at level 0 only: the level-0 claim is checked, the others are not claimed
+    partial = {("nc+r", "nmae"): [0.058, 0.061, 0.062], ("pix2pix", "nmae"): [0.059, None, None]}
+    lines = claims(partial, [0, 1, 2], "nc+r", "RegGAN")
+    assert "- RegGAN ≤ Pix2Pix at Noise.0: 0.0580 vs 0.0590 — holds." in lines
+    assert not any("degrades" in line or "every level ≥ 1" in line for line in lines)
+    partial[("pix2pix", "nmae")] = [0.057, 0.09, None]
+    lines = claims(partial, [0, 1, 2], "nc+r", "RegGAN")
+    assert "- RegGAN ≤ Pix2Pix at Noise.0: 0.0580 vs 0.0570 — does not hold." in lines
+    assert any("better at 1 of 1 levels — holds" in line for line in lines)
+    # what R is, in the settings line
+    assert registration_text(dict(base, reg_channels=[8], **anchored)).startswith(
+        "R = the source's foreground alignment alone"
+    )
+    assert (
+        registration_text(dict(base, reg_channels=[8]))
+        == "R = RegUNet(affine=False, channels=(8,))"
+    )
 
 
 def test_generator_drift_finds_a_known_shift() -> None:
