@@ -414,6 +414,24 @@ class TestInitialAlignment:
         outline = lambda image: (image.detach()[0, 0] > -0.9).float()  # noqa: E731
         assert float((outline(out.registered) - outline(target)).abs().mean()) < 0.01
 
+    def test_3d(self):
+        spatial = (30, 34, 32)
+        linear = np.eye(3) + np.array([[0.04, 0.02, 0.0], [-0.02, 0.04, 0.01], [0.0, 0.0, 0.03]])
+        centre = np.array([(size - 1) / 2 for size in spatial][::-1])
+        offset = centre - linear @ centre + np.array([1.5, -1.0, 0.5])
+        forward = np.concatenate([linear, offset[:, None]], axis=1)
+        source = render_contrast(spatial, 1.0, forward).float()
+        target = render_contrast(spatial, -1.0).float()
+        truth = affine_to_displacement(torch.from_numpy(forward).float(), spatial)
+        model = RegistrationCorrection(
+            nn.Identity(),
+            RegUNet(spatial_dims=3, channels=(4, 8), passes=0),
+            initial_alignment="source",
+        )
+        out = model(source, target)
+        brain = target[0, 0] > -0.9
+        assert float((out.displacement - truth).norm(dim=1)[0][brain].mean()) < 0.1
+
     def test_gradients_reach_g_and_r(self):
         source, target, _ = two_contrasts(size=(32, 32))
         generator = tiny_generator()
