@@ -69,6 +69,23 @@ def render_contrast(spatial: tuple[int, ...], contrast: float, matrix=None) -> t
     return torch.from_numpy(values.reshape(spatial))[None, None]
 
 
+def contrast_pair(spatial: tuple[int, ...], linear: np.ndarray, shift) -> tuple:
+    """A "T1" moving image and a "T2" fixed one (:func:`render_contrast`): the moving one shows
+    the outline moved by ``linear`` about the image centre plus ``shift`` (``(x, y[, z])``).
+    Returns ``(moving, fixed, forward, truth)``: the true moving→fixed matrix and its field."""
+    centre = np.array([(s - 1) / 2 for s in spatial][::-1])
+    offset = centre - linear @ centre + np.asarray(shift, dtype=float)
+    forward = np.concatenate([linear, offset[:, None]], axis=1)
+    moving, fixed = render_contrast(spatial, 1.0, forward), render_contrast(spatial, -1.0)
+    return moving, fixed, forward, affine_to_displacement(torch.from_numpy(forward), spatial)
+
+
+def outline_error(field: torch.Tensor, truth: torch.Tensor, fixed: torch.Tensor) -> float:
+    """Mean end-point error of ``field`` against ``truth`` inside ``fixed``'s outline."""
+    inside = fixed[0, 0] > -0.9
+    return float((field.detach().to(truth.dtype) - truth).norm(dim=1)[0][inside].mean())
+
+
 def to3(matrix: np.ndarray) -> np.ndarray:
     n = matrix.shape[0]
     return np.vstack([matrix, np.eye(n + 1)[-1:]])
@@ -209,20 +226,9 @@ class TestMomentAlignment:
         shift=st.tuples(st.floats(-5, 5), st.floats(-5, 5)),
     )
     def test_foreground_weights_align_two_contrasts(self, angle, scale, shift) -> None:
-        spatial = (64, 60)
-        centre = np.array([29.5, 31.5])
-        about = similarity(angle, scale, (0.0, 0.0))
-        offset = centre - about[:, :2] @ centre + np.asarray(shift)
-        forward = np.concatenate([about[:, :2], offset[:, None]], axis=1)
-        moving = render_contrast(spatial, 1.0, forward)  # "T1" moved
-        fixed = render_contrast(spatial, -1.0)  # "T2" in place
-        truth = affine_to_displacement(torch.from_numpy(forward), spatial)
-        brain = fixed[0, 0] > -0.9
-
-        def error(matrix: torch.Tensor) -> float:
-            field = affine_to_displacement(matrix, spatial)
-            return float((field - truth).norm(dim=1)[0][brain].mean())
-
+        linear = similarity(angle, scale, (0.0, 0.0))[:, :2]
+        moving, fixed, forward, truth = contrast_pair((64, 60), linear, shift)
+        error = lambda m: outline_error(affine_to_displacement(m, (64, 60)), truth, fixed)  # noqa: E731
         outline = moment_alignment(moving, fixed, weights="foreground")
         assert error(outline) < 0.1
         np.testing.assert_allclose(outline[0, :, :2].numpy(), forward[:, :2], atol=0.01)
@@ -234,22 +240,10 @@ class TestMomentAlignment:
         """An affine (shear and unequal scales, beyond the similarity family) between two
         contrasts: the refined estimate finds it, the closed form alone cannot."""
         n = len(spatial)
-        linear = (
-            np.eye(n)
-            + np.array([[0.06, 0.05, 0.02], [-0.03, -0.05, 0.01], [0.0, 0.02, 0.03]])[:n, :n]
-        )
-        centre = np.array([(s - 1) / 2 for s in spatial][::-1])
-        offset = centre - linear @ centre + np.array([1.5, -2.0, 1.0])[:n]
-        forward = np.concatenate([linear, offset[:, None]], axis=1)
-        moving = render_contrast(spatial, 1.0, forward)
-        fixed = render_contrast(spatial, -1.0)
-        truth = affine_to_displacement(torch.from_numpy(forward), spatial)
-        brain = fixed[0, 0] > -0.9
-
-        def error(matrix: torch.Tensor) -> float:
-            field = affine_to_displacement(matrix, spatial)
-            return float((field - truth).norm(dim=1)[0][brain].mean())
-
+        shear = np.array([[0.06, 0.05, 0.02], [-0.03, -0.05, 0.01], [0.0, 0.02, 0.03]])
+        linear = np.eye(n) + shear[:n, :n]
+        moving, fixed, _, truth = contrast_pair(spatial, linear, [1.5, -2.0, 1.0][:n])
+        error = lambda m: outline_error(affine_to_displacement(m, spatial), truth, fixed)  # noqa: E731
         closed = moment_alignment(moving, fixed, weights="foreground")
         refined = moment_alignment(moving, fixed, weights="foreground", refine_steps=10)
         assert error(closed) > 0.15
