@@ -516,10 +516,11 @@ def build_model(
             identity) or ``"source"``: it starts from the affine that moves the *source's*
             foreground (the outline of the anatomy, whatever its contrast) onto the target's
             (:func:`~regcorrect.registration.moment_alignment`, ``weights="foreground"``,
-            ``refine_steps=5``; no learning); R learns the rest. ``G(x)`` shares the source's geometry,
-            so nothing ``G`` does can shift this start, and ``G`` cannot drift with R. For
-            misalignments that are mostly global (the paper's noise; rigid motion between
-            scans) of images with a background at ``-1``; see ``docs/training.md``.
+            ``refine_steps=5``; no learning); R learns the rest (``registration={"passes": 0}``:
+            nothing). ``G(x)`` shares the source's geometry, so nothing ``G`` does can shift
+            this start, and ``G`` cannot drift with R. For misalignments that are mostly global
+            (the paper's noise; rigid motion between scans) of images with a background at
+            ``-1``; see ``docs/training.md``.
         registration: keyword arguments of :class:`~regcorrect.registration.RegUNet`; default
             ``{}``: the paper's R (adaptive depth, whole-image receptive field). ``{"affine":
             True}`` adds a global affine head that absorbs large (mostly affine) misalignments
