@@ -20,6 +20,7 @@ __all__ = [
     "check_spatial_dims",
     "check_displacement",
     "check_same_shape_and_device",
+    "check_same_batch_and_spatial",
     "check_choice",
     "check_positive",
 ]
@@ -92,6 +93,16 @@ def check_same_shape_and_device(a: Tensor, b: Tensor, name_a: str, name_b: str) 
         raise ValueError(
             f"{name_a} and {name_b} must have the same shape, got "
             f"{tuple(a.shape)} and {tuple(b.shape)}"
+        )
+
+
+def check_same_batch_and_spatial(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
+    """Raise ``ValueError`` unless ``a`` and ``b`` (``(B, C, *spatial)``) have the same rank,
+    batch size and spatial shape; their channel counts may differ."""
+    if a.ndim != b.ndim or a.shape[0] != b.shape[0] or a.shape[2:] != b.shape[2:]:
+        raise ValueError(
+            f"{name_a} and {name_b} must share batch and spatial sizes (channels may differ), "
+            f"got {tuple(a.shape)} and {tuple(b.shape)}"
         )
 
 

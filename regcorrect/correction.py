@@ -16,7 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_choice, check_float, check_positive, check_rank
+from ._checks import (
+    check_choice,
+    check_float,
+    check_positive,
+    check_rank,
+    check_same_batch_and_spatial,
+)
 from .losses.adversarial import GAN_MODES, discriminator_loss, generator_loss
 from .losses.centering import CenteredCorrection, target_foreground
 from .losses.correction import correction_loss
@@ -96,11 +102,7 @@ def check_source(source: Tensor, target: Tensor) -> None:
     """Raise unless ``source`` is a float tensor with ``target``'s rank, batch and spatial size."""
     check_float(source, "source")
     check_rank(source, "source", (target.ndim,), f"with the rank of target {tuple(target.shape)}")
-    if source.shape[0] != target.shape[0] or source.shape[2:] != target.shape[2:]:
-        raise ValueError(
-            "source and target must share batch and spatial sizes, got "
-            f"{tuple(source.shape)} and {tuple(target.shape)}"
-        )
+    check_same_batch_and_spatial(source, target, "source", "target")
 
 
 def source_alignment(source: Tensor, target: Tensor) -> Tensor:

@@ -31,7 +31,13 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from ._checks import check_choice, check_float, check_positive, check_rank
+from ._checks import (
+    check_choice,
+    check_float,
+    check_positive,
+    check_rank,
+    check_same_batch_and_spatial,
+)
 from .backbones import METHODS, GeneratorOutput, Pix2Pix, TranslationBackbone
 from .correction import INITIAL_ALIGNMENTS, frozen, run_registration
 from .losses.centering import CenteredCorrection, target_foreground
@@ -276,11 +282,7 @@ class TranslationModel(nn.Module):
         check_float(target, "target")
         check_rank(source, "source", (4,), "(B, C_in, H, W)")
         check_rank(target, "target", (4,), "(B, C_out, H, W)")
-        if source.shape[0] != target.shape[0] or source.shape[2:] != target.shape[2:]:
-            raise ValueError(
-                "source and target must share batch and spatial sizes, got "
-                f"{tuple(source.shape)} and {tuple(target.shape)}"
-            )
+        check_same_batch_and_spatial(source, target, "source", "target")
         device = self.device
         return source.to(device, torch.float32), target.to(device, torch.float32)
 

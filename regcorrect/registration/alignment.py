@@ -41,6 +41,7 @@ from .._checks import (
     check_finite,
     check_float,
     check_rank,
+    check_same_batch_and_spatial,
     check_same_device,
 )
 from .grid import centred_coordinates, centring_half
@@ -219,14 +220,7 @@ def moment_alignment(
     check_float(fixed, "fixed")
     check_rank(moving, "moving", (4, 5), "(B, C, H, W) or (B, C, D, H, W)")
     check_same_device(moving=moving, fixed=fixed)
-    if fixed.ndim != moving.ndim or (fixed.shape[0], *fixed.shape[2:]) != (
-        moving.shape[0],
-        *moving.shape[2:],
-    ):
-        raise ValueError(
-            "moving and fixed must share batch and spatial sizes (channels may differ), got "
-            f"{tuple(moving.shape)} and {tuple(fixed.shape)}"
-        )
+    check_same_batch_and_spatial(moving, fixed, "moving", "fixed")
     check_finite(moving, "moving")
     check_finite(fixed, "fixed")
     for name, value in (
