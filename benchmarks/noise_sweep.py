@@ -43,17 +43,25 @@ MODES = {
     "nc+r": "RegGAN (NC+R)",
 }
 VARIANT = "nc+r ours"
-VARIANT_KEYS = (
-    "affine",
-    "affine_features",
-    "reg_passes",
-    "prealign",
-    "initial_alignment",
-    "correction_weight",
-    "smoothness_weight",
-    "centering_weight",
-    "ema_decay",
-)
+#: The options of R (and G's average) that a RegGAN row may vary, with the paper's values (a
+#: setting that is absent from a row's settings, or ``None``, is the paper's too).
+PAPER_OPTIONS = {
+    "affine": False,
+    "affine_features": None,
+    "reg_passes": 1,
+    "prealign": None,
+    "initial_alignment": None,
+    "correction_weight": 20.0,
+    "smoothness_weight": 10.0,
+    "centering_weight": 0.0,
+    "ema_decay": 0.0,
+}
+VARIANT_KEYS = tuple(PAPER_OPTIONS)
+
+
+def _differs(settings: dict, key: str) -> bool:
+    """Whether ``settings`` sets ``key`` to something other than the paper's value."""
+    return settings.get(key) not in (None, PAPER_OPTIONS[key])
 
 
 def _is_variant(theirs: dict, ours: dict) -> bool:
@@ -72,13 +80,12 @@ def variant_label(settings: dict) -> str:
         parts.append(f"{settings['initial_alignment']} initial alignment")
     if settings.get("prealign"):
         parts.append(f"{settings['prealign']} pre-alignment")
-    if settings.get("reg_passes", 1) == 0:
-        parts.append("no learned R")
-    elif settings.get("reg_passes", 1) > 1:
-        parts.append(f"{settings['reg_passes']} passes of R")
-    if settings.get("correction_weight", 20.0) != 20.0:
+    if _differs(settings, "reg_passes"):
+        passes = settings["reg_passes"]
+        parts.append("no learned R" if passes == 0 else f"{passes} passes of R")
+    if _differs(settings, "correction_weight"):
         parts.append(f"correction {settings['correction_weight']:g}")
-    if settings.get("smoothness_weight", 10.0) != 10.0:
+    if _differs(settings, "smoothness_weight"):
         parts.append(f"smoothness {settings['smoothness_weight']:g}")
     if settings.get("centering_weight"):
         parts.append(f"centred correction {settings['centering_weight']:g}")
@@ -98,11 +105,11 @@ def model_flags(settings: dict, *, centering: bool = False) -> str:
         flags += f" --initial-alignment {settings['initial_alignment']}"
     if settings.get("prealign"):
         flags += f" --prealign {settings['prealign']}"
-    if settings.get("reg_passes", 1) != 1:
+    if _differs(settings, "reg_passes"):
         flags += f" --reg-passes {settings['reg_passes']}"
-    if settings.get("correction_weight", 20.0) != 20.0:
+    if _differs(settings, "correction_weight"):
         flags += f" --correction-weight {settings['correction_weight']:g}"
-    if settings.get("smoothness_weight", 10.0) != 10.0:
+    if _differs(settings, "smoothness_weight"):
         flags += f" --smoothness-weight {settings['smoothness_weight']:g}"
     if centering or settings.get("centering_weight"):
         flags += f" --centering-weight {settings.get('centering_weight', 0):g}"
@@ -115,7 +122,7 @@ def registration_text(settings: dict) -> str:
     """What R of the table's runs is, in words."""
     net = f"RegUNet(affine={settings['affine']}, channels={tuple(settings['reg_channels'])})"
     start = settings.get("initial_alignment")
-    if start and settings.get("reg_passes", 1) == 0:
+    if start and settings.get("reg_passes") == 0:
         return (
             f"R = the {start}'s foreground alignment alone (`--initial-alignment {start} "
             "--reg-passes 0`: moments + 5 refinement steps, no learned part)"
@@ -123,6 +130,14 @@ def registration_text(settings: dict) -> str:
     if start:
         return f"R = {net}, started from the {start}'s foreground alignment"
     return f"R = {net}"
+
+
+def table_settings(rows: list[dict]) -> dict:
+    """The settings the table is made of: those most runs with the paper's R options share (so a
+    file of mostly variant runs still tables Pix2Pix and C), else the most common ones."""
+    plain = [r for r in rows if not any(_differs(r["settings"], k) for k in VARIANT_KEYS)]
+    groups = Counter(json.dumps(r["settings"], sort_keys=True) for r in plain or rows)
+    return json.loads(groups.most_common(1)[0][0])
 
 
 def group_variants(rows: list[dict], settings: dict) -> tuple[dict[str, dict], list[dict]]:
@@ -414,12 +429,8 @@ def report(args) -> None:
     rows = [json.loads(line) for f in files for line in f.read_text().splitlines()]
     if not rows:
         raise SystemExit("no results")
-    # The table uses the settings most runs without R options share (so a file of mostly variant
-    # runs still tables Pix2Pix and C); runs that differ only in --amp are compared with their
-    # counterparts in a separate section.
-    plain = [r for r in rows if not any(r["settings"].get(k) for k in VARIANT_KEYS)]
-    groups = Counter(json.dumps(r["settings"], sort_keys=True) for r in plain or rows)
-    settings = json.loads(groups.most_common(1)[0][0])
+    # runs that differ only in --amp are compared with their counterparts in a separate section
+    settings = table_settings(rows)
     other_precision = dict(settings, amp=not settings["amp"])
     precision_rows = [r for r in rows if r["settings"] == other_precision]
     # NC+R runs that differ from the table's settings only in R's options (affine head, passes,
@@ -686,8 +697,10 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reg-channels", dest="reg_channels", type=int, nargs="+", default=[16, 32, 32, 32, 32, 32]
     )
-    parser.add_argument("--correction-weight", dest="correction_weight", type=float, default=20.0)
-    parser.add_argument("--smoothness-weight", dest="smoothness_weight", type=float, default=10.0)
+    for key in ("correction_weight", "smoothness_weight"):
+        parser.add_argument(
+            "--" + key.replace("_", "-"), dest=key, type=float, default=PAPER_OPTIONS[key]
+        )
     parser.add_argument(
         "--centering-weight",
         dest="centering_weight",

@@ -93,6 +93,7 @@ def test_noise_sweep_variant_rows_are_checked_under_their_own_label() -> None:
             group_variants,
             model_flags,
             registration_text,
+            table_settings,
             variant_label,
         )
     finally:
@@ -148,6 +149,12 @@ def test_noise_sweep_variant_rows_are_checked_under_their_own_label() -> None:
     lines = claims(means, [0, 1], "nc+r ours 2", variant_label(moments))
     assert lines[1] == "## The paper's claims, checked on NMAE: " + variant_label(moments)
     assert claims(means, [0, 1], "nc+r", "RegGAN") == []  # no rows of that mode
+    # the table is made of the paper-option runs even when variant runs outnumber them, and
+    # recorded paper values (correction 20, smoothness 10, affine off) do not make a variant
+    paper = dict(base, correction_weight=20.0, smoothness_weight=10.0)
+    many = [{"mode": "nc+r", "settings": ours}] * 3 + [{"mode": "pix2pix", "settings": paper}]
+    assert table_settings(many) == paper
+    assert table_settings([{"mode": "nc+r", "settings": ours}]) == ours
     # Pix2Pix run at level 0 only: the level-0 claim is checked, the others are not claimed
     partial = {("nc+r", "nmae"): [0.058, 0.061, 0.062], ("pix2pix", "nmae"): [0.059, None, None]}
     lines = claims(partial, [0, 1, 2], "nc+r", "RegGAN")
