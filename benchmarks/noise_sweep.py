@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from regcorrect import build_model, warp
-from regcorrect.correction import INITIAL_ALIGNMENTS
+from regcorrect.correction import INITIAL_ALIGNMENTS, SOURCE_REFINE_STEPS
 from regcorrect.data import Misalignment, PairAugmentation, compose_affine, icbm152
 from regcorrect.metrics import nmae, psnr, ssim
 from regcorrect.registration import AFFINE_FEATURES, PREALIGNMENTS
@@ -125,7 +125,7 @@ def registration_text(settings: dict) -> str:
     if start and settings.get("reg_passes") == 0:
         return (
             f"R = the {start}'s foreground alignment alone (`--initial-alignment {start} "
-            "--reg-passes 0`: moments + 5 refinement steps, no learned part)"
+            f"--reg-passes 0`: moments + {SOURCE_REFINE_STEPS} refinement steps, no learned part)"
         )
     if start:
         return f"R = {net}, started from the {start}'s foreground alignment"

@@ -45,6 +45,10 @@ __all__ = [
 #: ``"source"``: at the affine that moves the *source's* foreground onto the target's.
 INITIAL_ALIGNMENTS = ("source",)
 
+#: Levenberg–Marquardt steps that refine the source's foreground alignment
+#: (``moment_alignment(..., refine_steps=...)``): 0.26 → 0.08 px on level-5 T1→T2 slices.
+SOURCE_REFINE_STEPS = 5
+
 
 @dataclass
 class CorrectionOutput:
@@ -108,11 +112,14 @@ def check_source(source: Tensor, target: Tensor) -> None:
 def source_alignment(source: Tensor, target: Tensor) -> Tensor:
     """Field ``(B, N, *spatial)`` of the affine that moves ``source``'s foreground onto
     ``target``'s: :func:`~regcorrect.registration.moment_alignment` with foreground weights (the
-    anatomy's outline, whatever the two contrasts) and 5 refinement steps; no gradient, float32
+    anatomy's outline, whatever the two contrasts) and :data:`SOURCE_REFINE_STEPS` refinement
+    steps (5); no gradient, float32
     or float64. On T1→T2 slices of the paper's noise level 5: 0.08 px mean end-point error in
     the brain (0.26 px without the refinement)."""
     check_source(source, target)
-    matrix = moment_alignment(source, target, weights="foreground", refine_steps=5)
+    matrix = moment_alignment(
+        source, target, weights="foreground", refine_steps=SOURCE_REFINE_STEPS
+    )
     return affine_to_displacement(matrix, tuple(target.shape[2:]))
 
 
