@@ -113,8 +113,8 @@ def source_alignment(source: Tensor, target: Tensor) -> Tensor:
     """Field ``(B, N, *spatial)`` of the affine that moves ``source``'s foreground onto
     ``target``'s: :func:`~regcorrect.registration.moment_alignment` with foreground weights (the
     anatomy's outline, whatever the two contrasts) and :data:`SOURCE_REFINE_STEPS` refinement
-    steps (5); no gradient, float32 or float64. On T1→T2 slices of the paper's noise level 5: 0.08 px mean end-point error in
-    the brain (0.26 px without the refinement)."""
+    steps (5); no gradient, float32 or float64. On T1→T2 slices of the paper's noise level 5:
+    0.08 px mean end-point error in the brain (0.26 px without the refinement)."""
     check_source(source, target)
     matrix = moment_alignment(
         source, target, weights="foreground", refine_steps=SOURCE_REFINE_STEPS
