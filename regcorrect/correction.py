@@ -29,7 +29,7 @@ from .losses.correction import correction_loss
 from .losses.smoothness import smoothness_loss
 from .registration.alignment import moment_alignment
 from .registration.fields import affine_to_displacement, compose
-from .registration.regunet import RegistrationFields
+from .registration.regunet import RegistrationFields, RegUNet
 from .registration.warp import PADDING_MODES, warp
 
 __all__ = [
@@ -140,7 +140,10 @@ def run_registration(
     shares) onto ``fixed``'s: ``reg_net`` sees ``cat([moving ∘ S, fixed])`` and the returned
     displacement is ``compose(R's field, S)``; the residual (and ``affine``) stay R's own.
     ``S`` needs no learning and nothing ``G`` does can move it, so ``G`` keeps its input's
-    geometry (see ``docs/training.md``).
+    geometry (see ``docs/training.md``). A :class:`~regcorrect.registration.RegUNet` takes
+    ``S`` as its ``initial`` field, so each of its passes warps the original ``moving`` once
+    (and with ``passes=0`` the field is ``S`` without any warp); any other network is given
+    ``moving ∘ S``.
     """
     check_choice(initial_alignment, "initial_alignment", (None, *INITIAL_ALIGNMENTS))
     if initial_alignment is not None:
@@ -150,6 +153,8 @@ def run_registration(
                 "alignment onto the target (initial_alignment='source')"
             )
         start = source_alignment(source, fixed)
+        if isinstance(reg_net, RegUNet):
+            return reg_net.decompose(torch.cat([moving, fixed], dim=1), initial=start)
         fields = run_registration(reg_net, warp(moving, start), fixed)
         return RegistrationFields(
             displacement=compose(fields.displacement, start.to(fields.displacement.dtype)),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from regcorrect import CorrectionOutput, RegistrationCorrection, RegUNet, warp
-from regcorrect.correction import run_registration
+from regcorrect.correction import run_registration, source_alignment
 from regcorrect.losses import (
     centered_correction_loss,
     correction_loss,
@@ -390,6 +390,35 @@ class TestInitialAlignment:
         # without it: the paper's R, from the identity
         plain = run_registration(spy, translated, target)
         torch.testing.assert_close(plain.displacement, field)
+
+    def test_a_regunet_starts_its_passes_from_the_alignment(self, monkeypatch):
+        """RegUNet gets S as its initial field: each pass warps G(x) itself once, and with
+        passes=0 the field is S without any warp of G(x)."""
+        source, target, _ = two_contrasts(size=(32, 32))
+        translated = torch.rand_like(source) * 2 - 1
+        start = source_alignment(source, target)
+        net = RegUNet(channels=SMALL, passes=2)
+        calls: list[dict] = []
+        decompose = net.decompose
+        monkeypatch.setattr(
+            net, "decompose", lambda x, **kw: calls.append(kw) or decompose(x, **kw)
+        )
+        fields = run_registration(
+            net, translated, target, initial_alignment="source", source=source
+        )
+        torch.testing.assert_close(calls[0]["initial"], start)
+        torch.testing.assert_close(
+            fields.displacement,
+            decompose(torch.cat([translated, target], 1), initial=start).displacement,
+        )
+        closed_form = RegUNet(channels=SMALL, passes=0)
+        monkeypatch.setattr(
+            "regcorrect.registration.regunet.warp", lambda *a, **k: pytest.fail("warped")
+        )
+        fields = run_registration(
+            closed_form, translated, target, initial_alignment="source", source=source
+        )
+        torch.testing.assert_close(fields.displacement, start)
 
     def test_an_untrained_r_already_aligns_two_contrasts(self):
         """R's output starts near zero, so the field is the source's alignment: the true

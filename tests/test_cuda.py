@@ -16,6 +16,7 @@ import torch
 import yaml
 
 from regcorrect import MODES, RegistrationCorrection, RegUNet, build_model, warp
+from regcorrect.correction import source_alignment
 from regcorrect.losses import (
     bending_energy,
     centered_correction_loss,
@@ -29,6 +30,7 @@ from regcorrect.registration import (
     folding_fraction,
     integrate_velocity,
     jacobian_determinant,
+    moment_alignment,
 )
 
 from .test_modes import TINY
@@ -183,6 +185,46 @@ def test_build_model_every_mode_trains_on_cuda(method, amp) -> None:
         translated = model.translate(source)
         assert translated.device.type == DEVICE.type and translated.dtype == torch.float32, mode
         assert all(p.device.type == DEVICE.type for p in model.parameters()), mode
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_moment_alignment_matches_cpu(spatial_dims) -> None:
+    """Foreground moments + Levenberg-Marquardt refinement give the CPU's matrices."""
+    torch.manual_seed(0)
+    spatial = (40, 36) if spatial_dims == 2 else (18, 20, 16)
+    moving = smooth_field(2, spatial, amplitude=1.0)[:, :1].clamp(-1, 1)
+    fixed = torch.roll(moving, 2, dims=-1)
+    cpu = moment_alignment(moving, fixed, weights="foreground", refine_steps=3)
+    gpu = moment_alignment(
+        moving.to(DEVICE), fixed.to(DEVICE), weights="foreground", refine_steps=3
+    )
+    assert gpu.device.type == DEVICE.type
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-3, rtol=1e-3)
+
+
+@pytest.mark.parametrize("passes", [0, 2])
+def test_initial_alignment_source_trains_on_cuda(passes) -> None:
+    model = build_model(
+        "cyclegan",
+        "nc+r",
+        seed=0,
+        device=DEVICE.type,
+        amp=True,
+        initial_alignment="source",
+        registration={"channels": (8, 16, 16, 16), "passes": passes},
+        **TINY["cyclegan"],
+    )
+    source, target = torch.rand(2, 2, 1, 32, 32) * 2 - 1
+    losses = model.train_step(source, target)
+    assert all(math.isfinite(v) for v in losses.values()), losses
+    with torch.no_grad():
+        fields = model.register(
+            model.translate(source), target.to(DEVICE), source=source.to(DEVICE)
+        )
+    assert fields.displacement.device.type == DEVICE.type
+    cpu_start = source_alignment(source, target)
+    if passes == 0:  # the closed-form field alone, as on the CPU
+        torch.testing.assert_close(fields.displacement.cpu(), cpu_start, atol=1e-3, rtol=0)
 
 
 def test_checkpoint_from_cuda_loads_on_cpu() -> None:

@@ -409,12 +409,12 @@ class TestInitialAlignment:
         source, target = images(), images()
         target[..., :6, :] = -1.0  # some background, so that the outlines differ
         seen: list[torch.Tensor] = []
-        decompose = model.registration.decompose
-        model.registration.decompose = lambda x: seen.append(x) or decompose(x)
+        one_pass = model.registration._one_pass
+        model.registration._one_pass = lambda x: seen.append(x) or one_pass(x)
         losses = model.train_step(source, target)
         assert len(seen) == 1
         assert set(losses) >= {"correction", "smoothness"}
-        # R saw G(x) already moved by the source's alignment onto the target (not G(x) itself)
+        # R's pass saw G(x) already moved by the source's alignment onto the target
         start = affine_to_displacement(
             moment_alignment(source, target, weights="foreground", refine_steps=5), (32, 32)
         )

@@ -44,6 +44,7 @@ from torch import Tensor, nn
 
 from .._checks import (
     check_choice,
+    check_displacement,
     check_float,
     check_rank,
     check_same_device,
@@ -437,23 +438,33 @@ class RegUNet(nn.Module):
         return out
 
     # ------------------------------------------------------------------ forward
-    def decompose(self, x: Tensor) -> RegistrationFields:
+    def decompose(self, x: Tensor, *, initial: Tensor | None = None) -> RegistrationFields:
         """Run the network and return the full field with its affine and dense parts.
 
         Args:
             x: ``cat([moving, fixed], dim=1)``, ``(B, in_channels, *spatial)``.
+            initial: optional field ``(B or 1, spatial_dims, *spatial)`` in pixels to start
+                from (e.g. a closed-form alignment; no gradient is taken through it): pass
+                ``k`` sees ``cat([warp(moving, u), fixed])`` with ``u`` = the passes ``1..k-1``
+                composed onto ``initial``, so every pass interpolates the original ``moving``
+                once; the result's ``displacement`` includes ``initial``, its ``residual`` and
+                ``affine`` are the network's own (and the pre-alignment's, with ``prealign``).
+                With ``passes=0`` and no ``prealign`` the displacement *is* ``initial``. Needs
+                an even ``in_channels``.
         """
         self._check_input(x)
-        if self.passes == 1 and self.prealign is None:
+        if initial is None and self.passes == 1 and self.prealign is None:
             return self._one_pass(x)
         half = self.in_channels // 2
         moving, fixed = x[:, :half], x[:, half:]
-        if self.passes == 0 and self.prealign is None:
-            return self._identity_fields(x)
-        if self.prealign is None:
-            fields, remaining = self._one_pass(x), self.passes - 1
-        else:
+        if initial is not None:
+            fields, remaining = self._initial_fields(moving, fixed, initial), self.passes
+        elif self.prealign is not None:
             fields, remaining = self._moment_fields(moving, fixed), self.passes
+        elif self.passes == 0:
+            return self._identity_fields(x)
+        else:
+            fields, remaining = self._one_pass(x), self.passes - 1
         for _ in range(remaining):
             aligned = warp(moving, fields.displacement)
             step = self._one_pass(torch.cat([aligned, fixed], dim=1))
@@ -463,6 +474,39 @@ class RegUNet(nn.Module):
                 affine=None if step.affine is None else _compose_affine(step.affine, fields.affine),
             )
         return fields
+
+    def _initial_fields(self, moving: Tensor, fixed: Tensor, initial: Tensor) -> RegistrationFields:
+        """``initial`` (checked) as fields, with the pre-alignment of ``moving ∘ initial``
+        composed onto it when ``prealign`` is set."""
+        if self.in_channels % 2:
+            raise ValueError(
+                f"initial needs an even in_channels (cat([moving, fixed]) of equal channels), "
+                f"got in_channels={self.in_channels}"
+            )
+        check_displacement(initial, "initial")
+        expected = (self.spatial_dims, *moving.shape[2:])
+        if tuple(initial.shape[1:]) != expected or initial.shape[0] not in (1, moving.shape[0]):
+            raise ValueError(
+                f"initial must have shape ({moving.shape[0]} or 1, {', '.join(map(str, expected))}) "
+                f"to match x {tuple(moving.shape[:1]) + (self.in_channels,) + expected[1:]}, "
+                f"got {tuple(initial.shape)}"
+            )
+        check_same_device(initial=initial, x=moving)
+        dtype = torch.promote_types(moving.dtype, torch.float32)
+        start = initial.detach().to(dtype).expand(moving.shape[0], *expected)
+        if self.prealign is None:
+            theta = start.new_zeros(start.shape[0], self.spatial_dims, self.spatial_dims + 1)
+            return RegistrationFields(
+                displacement=start,
+                residual=torch.zeros_like(start),
+                affine=theta if self.affine else None,
+            )
+        pre = self._moment_fields(warp(moving, start), fixed)
+        return RegistrationFields(
+            displacement=compose(pre.displacement, start),
+            residual=pre.residual,
+            affine=pre.affine,
+        )
 
     def _identity_fields(self, x: Tensor) -> RegistrationFields:
         """Zero fields (``passes=0`` without a pre-alignment): no registration at all."""
@@ -537,10 +581,11 @@ class RegUNet(nn.Module):
             displacement = affine_field + residual
         return RegistrationFields(displacement=displacement, residual=residual, affine=theta)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, *, initial: Tensor | None = None) -> Tensor:
         """Displacement field ``(B, spatial_dims, *spatial)`` that warps ``moving`` onto ``fixed``.
 
         Args:
             x: ``cat([moving, fixed], dim=1)``, ``(B, in_channels, *spatial)``.
+            initial: optional field to start from (see :meth:`decompose`).
         """
-        return self.decompose(x).displacement
+        return self.decompose(x, initial=initial).displacement

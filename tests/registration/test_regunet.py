@@ -25,6 +25,7 @@ from regcorrect.registration import (
     moment_alignment,
 )
 from regcorrect.registration.grid import centred_coordinates, moment_basis, moment_count
+from regcorrect.registration.regunet import _compose_affine
 
 SMALL = (8, 16, 16, 16)
 
@@ -625,6 +626,109 @@ class TestPrealign:
         net = RegUNet(channels=SMALL, affine=True, prealign="moments").double()
         fields = net.decompose(torch.cat([image, target], dim=1).double())
         assert fields.displacement.dtype == torch.float64 and fields.affine.dtype == torch.float64
+
+
+class TestInitialField:
+    """``RegUNet.decompose(x, initial=u0)``: the passes start from a given field and each warps
+    the original ``moving`` once."""
+
+    @staticmethod
+    def _net(passes: int, **options) -> RegUNet:
+        torch.manual_seed(0)
+        net = RegUNet(channels=SMALL, passes=passes, **options)
+        with torch.no_grad():
+            net.output.weight.normal_(0.0, 0.02)
+            if net.affine:
+                net.affine_head[-1].bias.normal_(0.0, 0.05)
+        return net
+
+    @staticmethod
+    def _initial(batch: int = 2, spatial=(32, 40)) -> torch.Tensor:
+        theta = torch.tensor([[0.98, 0.05, 1.5], [-0.05, 0.98, -2.0]]).expand(batch, 2, 3)
+        return affine_to_displacement(theta, spatial)
+
+    @pytest.mark.parametrize("options", [{}, {"affine": True}])
+    def test_two_passes_each_warp_the_original_once(self, options, monkeypatch):
+        net = self._net(2, **options)
+        moving, fixed = torch.rand(2, 1, 32, 40), torch.rand(2, 1, 32, 40)
+        initial = self._initial()
+        seen: list[torch.Tensor] = []
+        one_pass = net._one_pass
+        monkeypatch.setattr(net, "_one_pass", lambda x: seen.append(x) or one_pass(x))
+        with torch.no_grad():
+            fields = net.decompose(torch.cat([moving, fixed], dim=1), initial=initial)
+        single = RegUNet(channels=SMALL, **options)
+        single.load_state_dict(net.state_dict())
+        with torch.no_grad():
+            first = single.decompose(torch.cat([warp(moving, initial), fixed], dim=1))
+            after_one = compose(first.displacement, initial)
+            second = single.decompose(torch.cat([warp(moving, after_one), fixed], dim=1))
+        # pass 2 sees the original moving warped once by the composed field, not moving ∘ u0
+        # warped again by pass 1's field
+        torch.testing.assert_close(seen[1], torch.cat([warp(moving, after_one), fixed], dim=1))
+        twice = warp(warp(moving, initial), first.displacement)
+        assert float((seen[1][:, :1] - twice).abs().max()) > 1e-3
+        torch.testing.assert_close(fields.displacement, compose(second.displacement, after_one))
+        torch.testing.assert_close(fields.residual, first.residual + second.residual)
+        if options:  # the affine part is the network's own, without u0
+            torch.testing.assert_close(fields.affine, _compose_affine(second.affine, first.affine))
+
+    @pytest.mark.parametrize("affine", [False, True])
+    def test_zero_passes_return_the_initial_field(self, affine, monkeypatch):
+        net = RegUNet(channels=SMALL, affine=affine, passes=0)
+        monkeypatch.setattr(net, "_one_pass", lambda _x: pytest.fail("the network ran"))
+        initial = self._initial(batch=1)
+        fields = net.decompose(torch.rand(3, 2, 32, 40), initial=initial)  # batch-1 field
+        torch.testing.assert_close(fields.displacement, initial.expand(3, 2, 32, 40))
+        assert float(fields.residual.abs().max()) == 0.0
+        assert (fields.affine is not None) == affine
+        if affine:
+            assert fields.affine.shape == (3, 2, 3) and float(fields.affine.abs().max()) == 0.0
+
+    def test_with_prealign_the_moments_of_the_warped_moving_come_next(self):
+        image, target, _, _ = TestPrealign._misaligned()
+        net = RegUNet(channels=SMALL, prealign="moments", passes=0)
+        initial = self._initial(batch=1, spatial=(64, 64))
+        fields = net.decompose(torch.cat([image, target], dim=1), initial=initial)
+        moved = warp(image, initial)
+        expected = compose(
+            affine_to_displacement(moment_alignment(moved, target), (64, 64)), initial
+        )
+        torch.testing.assert_close(fields.displacement, expected, atol=2e-3, rtol=0)
+
+    def test_gradients_reach_the_network_and_moving_not_the_initial_field(self):
+        net = self._net(2, affine=True)
+        moving = torch.rand(1, 1, 32, 40, requires_grad=True)
+        initial = self._initial(batch=1).requires_grad_(True)
+        field = net(torch.cat([moving, torch.rand(1, 1, 32, 40)], dim=1), initial=initial)
+        field.square().sum().backward()
+        assert initial.grad is None
+        assert moving.grad is not None and float(moving.grad.abs().sum()) > 0
+        assert all(p.grad is not None for p in net.affine_head.parameters())
+
+    def test_3d_float64(self):
+        net = RegUNet(spatial_dims=3, channels=(4, 8), passes=1).double()
+        initial = torch.full((1, 3, 12, 14, 10), 0.5, dtype=torch.float64)
+        fields = net.decompose(torch.rand(1, 2, 12, 14, 10, dtype=torch.float64), initial=initial)
+        assert fields.displacement.shape == (1, 3, 12, 14, 10)
+        assert fields.displacement.dtype == torch.float64
+
+    def test_errors(self):
+        net = RegUNet(channels=SMALL)
+        x = torch.rand(2, 2, 32, 40)
+        with pytest.raises(ValueError, match=r"initial must have shape \(2 or 1, 2, 32, 40\)"):
+            net.decompose(x, initial=torch.zeros(2, 2, 32, 32))
+        with pytest.raises(ValueError, match=r"initial must have shape \(2 or 1"):
+            net.decompose(x, initial=torch.zeros(3, 2, 32, 40))
+        with pytest.raises(ValueError, match="initial of a 2-D field must have 2 channels"):
+            net.decompose(x, initial=torch.zeros(2, 3, 32, 40))
+        with pytest.raises(TypeError, match="initial"):
+            net.decompose(x, initial=torch.zeros(2, 2, 32, 40, dtype=torch.int64))
+        odd = RegUNet(channels=SMALL, in_channels=3)
+        with pytest.raises(
+            ValueError, match="initial needs an even in_channels.*got in_channels=3"
+        ):
+            odd.decompose(torch.rand(1, 3, 32, 32), initial=torch.zeros(1, 2, 32, 32))
 
 
 class TestRegistrationRecovery:
