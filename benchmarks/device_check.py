@@ -51,6 +51,12 @@ SWEEP_RUNS = [
     ("pix2pix_l5_s0", "pix2pix", 5, 0, []),
     ("anchored_l3_s0", "nc+r", 3, 0, VARIANT),
 ]
+#: Pix2Pix+R (conditional D in the target's frame) with the same R, at every level.
+PIX2PIX_R_RUNS = [
+    (f"pix2pix_r_l{level}_s{seed}", "pix2pix+r", level, seed, VARIANT)
+    for level, seed in [(0, 0), (0, 1), (5, 0), (5, 1), (3, 0), (1, 0), (2, 0), (4, 0)]
+]
+RUN_SETS = {"anchored": SWEEP_RUNS, "pix2pix_r": PIX2PIX_R_RUNS}
 
 
 def log(out: Path, text: str) -> None:
@@ -100,9 +106,20 @@ def sweep_command(run, steps: int, results: Path, device: str) -> list[str]:
     ]
 
 
-def sweep(out: Path, deadline: float, max_steps: int, device: str) -> None:
-    """Calibrate, then run every entry of ``SWEEP_RUNS`` that calibrated at once until the
-    deadline."""
+def sweep(
+    out: Path,
+    deadline: float,
+    max_steps: int,
+    device: str,
+    runs: list | None = None,
+    steps: int | None = None,
+) -> None:
+    """Calibrate, then run every entry of ``runs`` (default ``SWEEP_RUNS``) that calibrated at
+    once until the deadline; with ``steps`` given, skip the calibration and run that many."""
+    runs = SWEEP_RUNS if runs is None else runs
+    if steps is not None:
+        run_all(out, deadline, runs, steps, device)
+        return
     calibration_steps = 60
     folder = out / "calibration"
     folder.mkdir()
@@ -114,13 +131,13 @@ def sweep(out: Path, deadline: float, max_steps: int, device: str) -> None:
             stdout=(folder / f"{run[0]}.log").open("w"),
             stderr=subprocess.STDOUT,
         )
-        for run in SWEEP_RUNS
+        for run in runs
     ]
     for process in processes:
         process.wait(timeout=max(1, deadline - time.perf_counter()))
     startup = time.perf_counter() - started
-    per_step, runs = [], []
-    for run in SWEEP_RUNS:
+    per_step, calibrated = [], []
+    for run in runs:
         path = folder / f"{run[0]}.jsonl"
         if not path.exists():
             log(out, f"calibration of {run[0]} failed: see calibration/{run[0]}.log")
@@ -128,8 +145,8 @@ def sweep(out: Path, deadline: float, max_steps: int, device: str) -> None:
         per_step.append(
             json.loads(path.read_text().splitlines()[-1])["seconds"] / calibration_steps
         )
-        runs.append(run)
-    if not runs:
+        calibrated.append(run)
+    if not calibrated:
         return
     slowest = max(per_step)
     overhead = startup - slowest * calibration_steps  # a process's start: imports, data, CUDA
@@ -140,10 +157,16 @@ def sweep(out: Path, deadline: float, max_steps: int, device: str) -> None:
     steps = min(max(steps, 800), max_steps)
     log(
         out,
-        f"calibration: {len(SWEEP_RUNS)} runs at once, s/step "
+        f"calibration: {len(runs)} runs at once, s/step "
         + ", ".join(f"{s:.3f}" for s in per_step)
         + f"; start-up {overhead:.0f} s; {budget:.0f} s left -> {steps} steps",
     )
+    run_all(out, deadline, calibrated, steps, device)
+
+
+def run_all(out: Path, deadline: float, runs: list, steps: int, device: str) -> None:
+    """Train every run of ``runs`` for ``steps`` at once; stop those still going at the
+    deadline."""
     results = out / "sweep"
     results.mkdir()
     processes = {
@@ -175,6 +198,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cpu: a dry run of this script")
     parser.add_argument(
         "--skip", nargs="*", default=[], choices=["suite", "warp", "step_speed", "sweep"]
+    )
+    parser.add_argument("--runs", default="anchored", choices=list(RUN_SETS), help="sweep runs")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="sweep steps (default: calibrated to the deadline)"
     )
     args = parser.parse_args()
     deadline = time.perf_counter() + args.deadline
@@ -208,7 +235,7 @@ def main() -> None:
         run_logged(out, "step_speed", command, 150)
     if "sweep" not in args.skip:
         try:
-            sweep(out, deadline, args.max_steps, device)
+            sweep(out, deadline, args.max_steps, device, RUN_SETS[args.runs], args.steps)
         except Exception as error:  # keep what the other checks wrote
             log(out, f"sweep failed: {error!r}")
     with tarfile.open(out.parent / "device_check.tar.gz", "w:gz") as archive:

@@ -41,6 +41,7 @@ MODES = {
     "c": "CycleGAN (C)",
     "nc": "NC (adversarial only)",
     "nc+r": "RegGAN (NC+R)",
+    "pix2pix+r": "Pix2Pix+R (ours: conditional D with R)",
 }
 VARIANT = "nc+r ours"
 #: The options of R (and G's average) that a RegGAN row may vary, with the paper's values (a
@@ -529,6 +530,7 @@ def report(args) -> None:
         f"{', '.join(sorted({environment(r)['device'] for r in rows}))}. {args.machine}",
     ]
     lines += claims(means, levels, "nc+r", MODES["nc+r"])
+    lines += claims(means, levels, "pix2pix+r", MODES["pix2pix+r"])
     for key in variants:
         lines += claims(means, levels, key, labels[key])
     lines += drift_table(rows, labels)

@@ -24,7 +24,7 @@ and the optimizer state stay float32.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -48,8 +48,9 @@ from .registration.warp import warp
 
 __all__ = ["MODES", "build_model", "TranslationModel", "ReplayBuffer"]
 
-#: Modes accepted by :func:`build_model` (``"pix2pix"`` only with ``"cyclegan"``).
-MODES = ("c", "c+r", "nc", "nc+r", "pix2pix")
+#: Modes accepted by :func:`build_model` (``"pix2pix"`` and ``"pix2pix+r"`` only with
+#: ``"cyclegan"``).
+MODES = ("c", "c+r", "nc", "nc+r", "pix2pix", "pix2pix+r")
 
 
 class ReplayBuffer:
@@ -163,6 +164,11 @@ class TranslationModel(nn.Module):
         check_choice(mode, "mode", MODES)
         if not isinstance(ema_decay, (int, float)) or not 0 <= ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {ema_decay!r}")
+        if mode.startswith("pix2pix") and not isinstance(backbone, Pix2Pix):
+            raise ValueError(
+                f"mode {mode!r} needs a Pix2Pix backbone (a conditional discriminator), got "
+                f"{type(backbone).__name__}"
+            )
         if mode.endswith("+r") != (registration is not None):
             raise ValueError(
                 f"mode {mode!r} {'needs' if mode.endswith('+r') else 'takes no'} registration network"
@@ -311,15 +317,33 @@ class TranslationModel(nn.Module):
 
     def _generator_losses(
         self, source: Tensor, target: Tensor, mask: Tensor | None
-    ) -> tuple[GeneratorOutput, dict[str, Tensor]]:
-        """The backbone's weighted generator terms plus, in +R modes, correction and smoothness."""
+    ) -> tuple[GeneratorOutput, dict[str, Tensor], Tensor]:
+        """The backbone's weighted generator terms plus, in +R modes, correction and smoothness.
+
+        Also returns the condition of the real pair for a conditional discriminator: the source,
+        or in mode ``"pix2pix+r"`` the source warped by R's field (the target's frame).
+        """
+        condition = source
         with self._autocast():
-            out = self.backbone.generator_forward(source, target)
+            if self.mode == "pix2pix+r":
+                translated = self.backbone.translate(source)
+                out = GeneratorOutput(translated=translated, losses={})
+            else:
+                out = self.backbone.generator_forward(source, target)
             losses = {name: value.float() for name, value in out.losses.items()}
             if self.registration is not None:
                 fields = self.register(out.translated, target, source=source)
                 translated = out.translated.float()
                 registered = warp(translated, fields.displacement.float())
+                if self.mode == "pix2pix+r":
+                    # D judges (x, G(x)) in the target's frame: both warped by R's field, which
+                    # the adversarial term does not train (R learns from Eq. 7 and 8 only).
+                    field = fields.displacement.detach().float()
+                    condition = warp(source, field)
+                    judged = warp(translated, field)
+                    backbone = cast(Pix2Pix, self.backbone)
+                    losses["adversarial"] = backbone.adversarial(condition, judged).float()
+                    out.fakes["pair"] = torch.cat([condition, judged], dim=1).detach()
                 losses["correction"] = self.correction_weight * correction_loss(
                     registered, target, mask
                 )
@@ -333,7 +357,7 @@ class TranslationModel(nn.Module):
                     losses["centering"] = self.centering_weight * self.centering(
                         translated, target, fields.displacement.float(), weights, mask
                     )
-        return out, losses
+        return out, losses, condition
 
     def train_step(
         self, source: Tensor, target: Tensor, mask: Tensor | None = None
@@ -357,7 +381,7 @@ class TranslationModel(nn.Module):
             self.optimizers[name].zero_grad(set_to_none=True)
         # D stays out of the generator backward (no wasted gradients); its flags come back after.
         with frozen(discriminators):
-            out, losses = self._generator_losses(source, target, mask)
+            out, losses, condition = self._generator_losses(source, target, mask)
             generator_total = torch.stack(list(losses.values())).sum()
             generator_total.backward()
         for name in generator_side:
@@ -369,7 +393,7 @@ class TranslationModel(nn.Module):
         self.optimizers["discriminator"].zero_grad(set_to_none=True)
         fakes = {name: self._replay(name, image) for name, image in out.fakes.items()}
         with self._autocast():
-            d_losses = self.backbone.discriminator_losses(source, target, fakes)
+            d_losses = self.backbone.discriminator_losses(condition, target, fakes)
         d_losses = {name: value.float() for name, value in d_losses.items()}
         discriminator_total = torch.stack(list(d_losses.values())).sum()
         discriminator_total.backward()
@@ -498,8 +522,12 @@ def build_model(
             ``"unit"``, ``"nicegan"``.
         mode: ``"c"`` (the method's own cycle/reconstruction losses, two generators and two
             discriminators), ``"c+r"`` (C plus R on the X→Y direction), ``"nc"`` (one generator,
-            one discriminator, adversarial loss only), ``"nc+r"`` (RegGAN), or ``"pix2pix"``
-            (``method="cyclegan"`` only: L1 weight 100 + conditional adversarial loss).
+            one discriminator, adversarial loss only), ``"nc+r"`` (RegGAN), ``"pix2pix"``
+            (``method="cyclegan"`` only: L1 weight 100 + conditional adversarial loss), or
+            ``"pix2pix+r"`` (ours, ``method="cyclegan"`` only: Pix2Pix's conditional
+            discriminator with R — it judges ``(x ∘ φ, G(x) ∘ φ)`` against ``(x ∘ φ, ỹ)``, both
+            pairs in the target's frame, with ``φ`` R's field (detached there); the correction
+            loss replaces the L1 term, whose ``l1_weight`` is then unused).
         in_channels, out_channels: image channels of the source and target domains.
         image_size: ``(H, W)`` of the training images, if known: R is then built with exactly the
             levels that size uses (no unused parameters).
@@ -560,9 +588,9 @@ def build_model(
     if seed is not None:
         torch.manual_seed(seed)
     common = dict(in_channels=in_channels, out_channels=out_channels, gan_mode=gan_mode)
-    if mode == "pix2pix":
+    if mode.startswith("pix2pix"):
         if method != "cyclegan":
-            raise ValueError(f"mode 'pix2pix' uses the CycleGAN backbone; got method {method!r}")
+            raise ValueError(f"mode {mode!r} uses the CycleGAN backbone; got method {method!r}")
         backbone: TranslationBackbone = Pix2Pix(**common, **backbone_options)
     else:
         cyclic = mode in ("c", "c+r")

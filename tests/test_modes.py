@@ -4,6 +4,7 @@ at 32×32 on CPU, plus the replay buffer, the learning-rate decay and checkpoint
 from __future__ import annotations
 
 import io
+import re
 from copy import deepcopy as copy_module
 from typing import Any
 
@@ -14,7 +15,13 @@ from regcorrect import MODES, TranslationModel, build_model
 from regcorrect.backbones import METHODS, CycleGAN
 from regcorrect.losses import centered_correction_loss
 from regcorrect.modes import ReplayBuffer
-from regcorrect.registration import affine_to_displacement, compose, moment_alignment, warp
+from regcorrect.registration import (
+    RegistrationFields,
+    affine_to_displacement,
+    compose,
+    moment_alignment,
+    warp,
+)
 
 TINY: dict[str, dict[str, Any]] = {
     "cyclegan": {"base_channels": 8, "num_residual_blocks": 1, "discriminator_channels": 8},
@@ -38,7 +45,8 @@ TINY: dict[str, dict[str, Any]] = {
 }
 REGISTRATION = {"channels": (8, 16, 16, 16)}
 COMBINATIONS = [(method, mode) for method in TINY for mode in ("c", "c+r", "nc", "nc+r")] + [
-    ("cyclegan", "pix2pix")
+    ("cyclegan", "pix2pix"),
+    ("cyclegan", "pix2pix+r"),
 ]
 
 
@@ -74,7 +82,7 @@ def snapshot(model: TranslationModel) -> dict[str, list[torch.Tensor]]:
 
 def test_methods_and_modes_are_the_papers() -> None:
     assert set(METHODS) == {"cyclegan", "munit", "unit", "nicegan"}
-    assert MODES == ("c", "c+r", "nc", "nc+r", "pix2pix")
+    assert MODES == ("c", "c+r", "nc", "nc+r", "pix2pix", "pix2pix+r")
 
 
 @pytest.mark.parametrize(
@@ -313,8 +321,11 @@ class TestErrors:
             build_model("cyclegan", "r")
 
     def test_pix2pix_needs_cyclegan(self) -> None:
-        with pytest.raises(ValueError, match="pix2pix"):
-            build_model("munit", "pix2pix", **TINY["munit"])
+        for mode in ("pix2pix", "pix2pix+r"):
+            with pytest.raises(ValueError, match=re.escape(f"mode '{mode}' uses the CycleGAN backbone")):
+                build_model("munit", mode, **TINY["munit"])
+        with pytest.raises(ValueError, match="'pix2pix\\+r' needs a Pix2Pix backbone"):
+            TranslationModel(CycleGAN(cyclic=False, **TINY["cyclegan"]), mode="pix2pix+r")
 
     @pytest.mark.parametrize("mode", ["c", "nc", "pix2pix"])
     def test_registration_options_need_an_r_mode(self, mode: str) -> None:
@@ -389,7 +400,7 @@ class TestCentering:
         """The centred term alone: gradients in G, none in R (its field is detached)."""
         model = tiny_model("cyclegan", "nc+r", centering_weight=1.0)
         source, target = images(), images()
-        _, losses = model._generator_losses(source, target, None)
+        _, losses, _ = model._generator_losses(source, target, None)
         losses["centering"].backward()
         generator = model.backbone.generators()["generator"]
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in generator.parameters())
@@ -432,6 +443,80 @@ class TestInitialAlignment:
             tiny_model("cyclegan", "nc", initial_alignment="source")
         with pytest.raises(ValueError, match="initial_alignment must be one of"):
             tiny_model("cyclegan", "nc+r", initial_alignment="moments")
+
+
+class TestPix2PixPlusR:
+    """Mode ``"pix2pix+r"``: Pix2Pix's conditional D on pairs in the target's frame, the
+    correction loss instead of L1."""
+
+    @staticmethod
+    def _fixed_field(model: TranslationModel, field: torch.Tensor, monkeypatch) -> None:
+        fields = RegistrationFields(displacement=field, residual=torch.zeros_like(field))
+        monkeypatch.setattr(model, "register", lambda *args, **kwargs: fields)
+
+    def test_terms_and_discriminator_update_by_hand(self, monkeypatch) -> None:
+        model = tiny_model("cyclegan", "pix2pix+r", correction_weight=100.0)
+        assert model.backbone.discriminator.in_channels == 2  # conditional: cat([x, image])
+        source, target = images(), images()
+        field = torch.zeros(2, 2, 32, 32)
+        field[:, 0], field[:, 1] = 1.5, -0.75
+        self._fixed_field(model, field, monkeypatch)
+        before = copy_module(model)
+        losses = model.train_step(source, target)
+        g, d = before.backbone.generator, before.backbone.discriminator
+        translated = g(source)
+        condition, registered = warp(source, field), warp(translated, field)
+        judged = d(torch.cat([condition, registered], 1))
+        assert losses["adversarial"] == pytest.approx(float(((judged - 1) ** 2).mean()), rel=1e-5)
+        expected = 100.0 * float((registered - target).abs().mean())
+        assert losses["correction"] == pytest.approx(expected, rel=1e-5)
+        assert "l1" not in losses
+        real = d(torch.cat([condition, target], 1))
+        fake = d(torch.cat([condition, registered], 1))
+        expected_d = 0.5 * float(((real - 1) ** 2).mean() + (fake**2).mean())
+        assert losses["D/discriminator"] == pytest.approx(expected_d, rel=1e-5)
+
+    def test_with_a_zero_field_it_is_pix2pix(self, monkeypatch) -> None:
+        registered = tiny_model("cyclegan", "pix2pix+r", correction_weight=100.0)
+        plain = tiny_model("cyclegan", "pix2pix")
+        plain.backbone.load_state_dict(registered.backbone.state_dict())
+        self._fixed_field(registered, torch.zeros(2, 2, 32, 32), monkeypatch)
+        source, target = images(), images()
+        a, b = registered.train_step(source, target), plain.train_step(source, target)
+        assert a["adversarial"] == pytest.approx(b["adversarial"], rel=1e-5)
+        assert a["correction"] == pytest.approx(b["l1"], rel=1e-5)
+        assert a["D/discriminator"] == pytest.approx(b["D/discriminator"], rel=1e-5)
+        torch.testing.assert_close(
+            registered.translate(source), plain.translate(source), atol=1e-5, rtol=1e-5
+        )
+
+    def test_adversarial_term_trains_g_not_r(self) -> None:
+        model = tiny_model("cyclegan", "pix2pix+r")
+        _, losses, condition = model._generator_losses(images(), images(), None)
+        assert not condition.requires_grad
+        r_params = list(model.registration.parameters())
+        g_params = list(model.backbone.generator.parameters())
+        r_grads = torch.autograd.grad(
+            losses["adversarial"], r_params, retain_graph=True, allow_unused=True
+        )
+        assert all(grad is None for grad in r_grads)
+        g_grads = torch.autograd.grad(losses["adversarial"], g_params, allow_unused=True)
+        assert any(grad is not None and float(grad.abs().sum()) > 0 for grad in g_grads)
+
+    def test_source_alignment_and_replay_keep_pairs(self) -> None:
+        model = tiny_model(
+            "cyclegan",
+            "pix2pix+r",
+            initial_alignment="source",
+            registration={**REGISTRATION, "passes": 0},
+            replay_buffer_size=3,
+        )
+        for _ in range(2):
+            losses = model.train_step(images(), images())
+        assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+        # the buffer stores (condition, fake) pairs: 1 + 1 channels
+        assert set(model.replay_buffers) == {"pair"}
+        assert all(image.shape == (1, 2, 32, 32) for image in model.replay_buffers["pair"].images)
 
 
 class TestGeneratorAverage:

@@ -549,29 +549,52 @@ class Pix2Pix(TranslationBackbone):
                 f"got shape {tuple(target.shape)}"
             )
 
+    def adversarial(self, condition: Tensor, image: Tensor) -> Tensor:
+        """Weighted generator-side adversarial term: D judges ``cat([condition, image])``.
+
+        Args:
+            condition: ``(B, C_in, H, W)``, the source (or, in mode ``"pix2pix+r"``, the source
+                warped into the target's frame).
+            image: ``(B, C_out, H, W)``, the generated image judged with it.
+        """
+        return self.adversarial_weight * self.gan.generator(
+            self.discriminator(torch.cat([condition, image], dim=1))
+        )
+
     def generator_forward(self, source: Tensor, target: Tensor) -> GeneratorOutput:
         """Generator pass on the pair ``source`` ``(B, C_in, H, W)``, ``target``
-        ``(B, C_out, H, W)``: losses ``"adversarial"`` and ``"l1"``, fake ``"target"``."""
+        ``(B, C_out, H, W)``: losses ``"adversarial"`` and ``"l1"``; fake ``"pair"``, the
+        judged ``cat([x, G(x)])`` (detached), so that a replay buffer keeps each fake with its
+        own condition."""
         self._check_pair(source, target)
         translated = self.generator(source)
-        judged = self.discriminator(torch.cat([source, translated], dim=1))
         losses = {
-            "adversarial": self.adversarial_weight * self.gan.generator(judged),
+            "adversarial": self.adversarial(source, translated),
             "l1": self.l1_weight * _l1(translated, target),
         }
-        return GeneratorOutput(
-            translated=translated, losses=losses, fakes={"target": translated.detach()}
-        )
+        pair = torch.cat([source, translated], dim=1).detach()
+        return GeneratorOutput(translated=translated, losses=losses, fakes={"pair": pair})
 
     def discriminator_losses(
         self, source: Tensor, target: Tensor, fakes: dict[str, Tensor]
     ) -> dict[str, Tensor]:
-        """``"discriminator"``: D on ``cat([x, y])`` (real) vs ``cat([x, fakes["target"]])``."""
+        """``"discriminator"``: D on ``cat([x, y])`` (real) vs the fake pair: ``fakes["pair"]``
+        (``(B, C_in + C_out, H, W)``, as :meth:`generator_forward` returns it) or, if that is
+        absent, ``cat([x, fakes["target"]])``."""
         self._check_pair(source, target)
-        fake = _fake(fakes, "target", target)
-        check_same_shape_and_device(fake, target, 'fakes["target"]', "target")
+        if isinstance(fakes, dict) and "pair" in fakes:
+            fake_pair = _fake(fakes, "pair", torch.cat([source, target], dim=1))
+            if fake_pair.shape[0] != source.shape[0] or fake_pair.shape[2:] != source.shape[2:]:
+                raise ValueError(
+                    f'fakes["pair"] must have the batch and size of source {tuple(source.shape)}'
+                    f", got shape {tuple(fake_pair.shape)}"
+                )
+        else:
+            fake = _fake(fakes, "target", target)
+            check_same_shape_and_device(fake, target, 'fakes["target"]', "target")
+            fake_pair = torch.cat([source, fake], dim=1)
         real_prediction = self.discriminator(torch.cat([source, target], dim=1))
-        fake_prediction = self.discriminator(torch.cat([source, fake], dim=1))
+        fake_prediction = self.discriminator(fake_pair)
         return {
             "discriminator": self.adversarial_weight
             * self.gan.discriminator(real_prediction, fake_prediction)

@@ -39,7 +39,7 @@ def build_from_config(
     options = dict(config.backbone)
     for key in ("adversarial_weight", "cycle_weight"):
         value = getattr(config, key)
-        if value is None or (key == "cycle_weight" and config.mode == "pix2pix"):
+        if value is None or (key == "cycle_weight" and config.mode.startswith("pix2pix")):
             continue  # Pix2Pix has no cycle
         if key in options:
             raise ConfigError(f"{key} is given both at the top level and in backbone; give one")

@@ -74,7 +74,8 @@ class TrainingConfig:
 
     Model:
         method: ``"cyclegan"``, ``"munit"``, ``"unit"`` or ``"nicegan"``.
-        mode: ``"c"``, ``"c+r"``, ``"nc"``, ``"nc+r"`` (RegGAN) or ``"pix2pix"``.
+        mode: ``"c"``, ``"c+r"``, ``"nc"``, ``"nc+r"`` (RegGAN), ``"pix2pix"`` or
+            ``"pix2pix+r"`` (Pix2Pix's conditional discriminator with R, ours).
         backbone: extra keyword arguments of the backbone (widths, depths, its own weights).
         registration: keyword arguments of :class:`~regcorrect.registration.RegUNet` (+R modes;
             ignored otherwise).

@@ -284,9 +284,12 @@ class TestPix2Pix:
         assert model.discriminators()["discriminator"].in_channels == 3
         source, target = torch.randn(2, 2, 32, 32), images(2, 1)
         out = model.generator_forward(source, target)
-        assert set(out.losses) == {"adversarial", "l1"} and set(out.fakes) == {"target"}
+        assert set(out.losses) == {"adversarial", "l1"} and set(out.fakes) == {"pair"}
         assert all(loss.dtype == torch.float32 for loss in out.losses.values())
         assert set(model.discriminator_losses(source, target, out.fakes)) == {"discriminator"}
+        # the fake is kept with its own condition (a replay buffer keeps the two together)
+        torch.testing.assert_close(out.fakes["pair"], torch.cat([source, out.translated], 1))
+        assert not out.fakes["pair"].requires_grad
 
     def test_values(self) -> None:
         model = Pix2Pix(**SMALL)
@@ -296,6 +299,29 @@ class TestPix2Pix:
         assert torch.allclose(out.losses["l1"], expected_l1)
         judged = model.discriminator(torch.cat([source, out.translated], dim=1))
         assert torch.allclose(out.losses["adversarial"], ((judged - 1) ** 2).mean())
+        assert torch.allclose(model.adversarial(source, out.translated), out.losses["adversarial"])
+
+    def test_discriminator_judges_the_stored_pair(self) -> None:
+        """LSGAN: real pair cat([x, y]) against 1; the fake pair as given (its own condition),
+        or the fake image with the current source."""
+        model = Pix2Pix(**SMALL)
+        source, target = images(2, 1), images(2, 1, seed=1)
+        old_source, fake = images(2, 1, seed=2), images(2, 1, seed=3)
+        pair = torch.cat([old_source, fake], dim=1)
+        d = model.discriminator
+        real = d(torch.cat([source, target], dim=1))
+        expected = 0.5 * (((real - 1) ** 2).mean() + (d(pair) ** 2).mean())
+        got = model.discriminator_losses(source, target, {"pair": pair})["discriminator"]
+        torch.testing.assert_close(got, expected)
+        with_source = 0.5 * (
+            ((real - 1) ** 2).mean() + (d(torch.cat([source, fake], 1)) ** 2).mean()
+        )
+        got = model.discriminator_losses(source, target, {"target": fake})["discriminator"]
+        torch.testing.assert_close(got, with_source)
+        with pytest.raises(ValueError, match=r"fakes\['pair'\].*2 channel"):
+            model.discriminator_losses(source, target, {"pair": fake})
+        with pytest.raises(ValueError, match=r"fakes\[.pair.\] must have the batch and size"):
+            model.discriminator_losses(source, target, {"pair": pair[:1]})
 
     def test_l1_training_fits_aligned_pair(self) -> None:
         torch.manual_seed(0)
