@@ -65,6 +65,30 @@ def _differs(settings: dict, key: str) -> bool:
     return settings.get(key) not in (None, PAPER_OPTIONS[key])
 
 
+#: Settings that only a run with R uses: rows of modes without R match the table whatever they
+#: record for these (the flags are accepted, and ignored, for every mode).
+R_ONLY_KEYS = tuple(k for k in VARIANT_KEYS if k != "ema_decay") + ("reg_channels",)
+
+
+def same_settings(row: dict, settings: dict) -> bool:
+    """Whether ``row`` ran with the table's ``settings`` (for a mode without R: up to
+    :data:`R_ONLY_KEYS`)."""
+    if row["mode"].endswith("+r"):
+        return row["settings"] == settings
+    keys = (set(row["settings"]) | set(settings)) - set(R_ONLY_KEYS)
+    return all(row["settings"].get(k) == settings.get(k) for k in keys)
+
+
+def table_rows(rows: list[dict], settings: dict) -> list[dict]:
+    """The rows with the table's ``settings`` (:func:`same_settings`), one per (mode, level,
+    seed): the first in file order."""
+    chosen: dict[tuple, dict] = {}
+    for r in rows:
+        if same_settings(r, settings):
+            chosen.setdefault((r["mode"], r["level"], r["seed"]), r)
+    return list(chosen.values())
+
+
 def _is_variant(theirs: dict, ours: dict) -> bool:
     """Whether ``theirs`` differs from ``ours`` only in R's options (affine head, centring)."""
     keys = (set(theirs) | set(ours)) - set(VARIANT_KEYS)
@@ -433,11 +457,11 @@ def report(args) -> None:
     # runs that differ only in --amp are compared with their counterparts in a separate section
     settings = table_settings(rows)
     other_precision = dict(settings, amp=not settings["amp"])
-    precision_rows = [r for r in rows if r["settings"] == other_precision]
+    precision_rows = table_rows(rows, other_precision)
     # NC+R runs that differ from the table's settings only in R's options (affine head, passes,
     # centred correction) are our variants: a row each, checked like RegGAN.
     variants, variant_rows = group_variants(rows, settings)
-    rows = [r for r in rows if r["settings"] == settings] + variant_rows
+    rows = table_rows(rows, settings) + variant_rows
     train, test = load_data(settings["spacing"], tuple(settings["size"]))
     trivial = baselines(train, test)
     levels = sorted({r["level"] for r in rows})

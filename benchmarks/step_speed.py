@@ -73,6 +73,7 @@ class Variant:
     channels_last: bool = False
     compile: str = ""  # letters of the networks to torch.compile: "g", "d", "r"
     tuned_malloc: bool = False
+    generator_forward_only: bool = False  # time only G(x) without grad (the 2nd G forward)
 
 
 VARIANTS: dict[str, Variant] = {
@@ -98,6 +99,9 @@ VARIANTS: dict[str, Variant] = {
     "lib-bf16": Variant("build_model amp=True (bf16)", amp=True),
     "lib-bf16-cl": Variant("build_model bf16 + channels-last", amp=True, channels_last=True),
     "lib-bf16-affine": Variant("build_model bf16, affine R (opt-in)", amp=True, affine=True),
+    "g-forward": Variant(
+        "G(x) alone, no grad (the reference's redundant work)", generator_forward_only=True
+    ),
 }
 
 #: Effect of one option = time(without) / time(with), both measured in the same run.
@@ -263,6 +267,14 @@ def _build(
             model.backbone.discriminator.compile()
         if "r" in v.compile:  # train_step calls R.decompose, not R.forward
             model.registration.decompose = torch.compile(model.registration.decompose)
+    if v.generator_forward_only:
+        generator = model.backbone.generator.train()
+
+        def forward() -> None:
+            with torch.no_grad():
+                generator(source)
+
+        return forward
     if v.reference:
         step = ReferenceStep(
             model.backbone.generator, model.registration, model.backbone.discriminator, v
@@ -404,6 +416,7 @@ def tables(size: int, batch: int, names: list[str], results: dict) -> tuple[str,
             rows.append([f"{size}²", batch, label, "failed"] + ["—"] * 7)
             continue
         mid, low, times = stats[name]
+        part = VARIANTS[name].generator_forward_only  # a part of a step: no speed-up
         spread = f"{_seconds(times[len(times) // 4])}–{_seconds(times[(3 * len(times)) // 4])}"
         mb = r["peak_mb"]
         rows.append(
@@ -414,8 +427,8 @@ def tables(size: int, batch: int, names: list[str], results: dict) -> tuple[str,
                 _seconds(mid),
                 spread,
                 _seconds(low),
-                _ratio(reference[0], mid) if reference else "—",
-                _ratio(reference[1], low) if reference else "—",
+                _ratio(reference[0], mid) if reference and not part else "—",
+                _ratio(reference[1], low) if reference and not part else "—",
                 f"{mb:.0f}",
                 _ratio(mb, reference_mb),
                 f"{r['setup_s']:.0f}",
@@ -449,6 +462,18 @@ def tables(size: int, batch: int, names: list[str], results: dict) -> tuple[str,
                 option,
                 _ratio(stats[without][0], stats[with_][0]),
                 _ratio(stats[without][1], stats[with_][1]),
+            ]
+        )
+    if "lib" in stats and "g-forward" in stats:
+        # The reference does the library step's work plus a no-grad G(x) (and a loop Adam): the
+        # most that removing redundant work alone can give, with the same networks and kernels.
+        effect_rows.append(
+            [
+                f"{size}²",
+                batch,
+                "ceiling of removing redundant work: (build_model + G(x) alone) / build_model",
+                _ratio(stats["lib"][0] + stats["g-forward"][0], stats["lib"][0]),
+                _ratio(stats["lib"][1] + stats["g-forward"][1], stats["lib"][1]),
             ]
         )
     header = ["size", "batch", "option", "speed-up (medians)", "speed-up (minima)"]

@@ -35,8 +35,10 @@ def train_in_two_halves(tmp_path, **changes) -> Trainer:
         {"mode": "nc+r", "steps": 4, "centering_weight": 5.0},
         # the generators' moving average is state too, and the evaluations use it
         {"mode": "c", "steps": 4, "ema_decay": 0.5},
+        # conditional D with R from the source: the replay buffer holds (condition, fake) pairs
+        {"mode": "pix2pix+r", "steps": 4, "initial_alignment": "source"},
     ],
-    ids=["nc+r", "c+r", "nc+r-centred", "c-ema"],
+    ids=["nc+r", "c+r", "nc+r-centred", "c-ema", "pix2pix+r"],
 )
 def test_resume_is_bit_identical(tmp_path, changes) -> None:
     whole = tiny_trainer(tmp_path / "whole", **changes)
