@@ -322,7 +322,9 @@ class TestErrors:
 
     def test_pix2pix_needs_cyclegan(self) -> None:
         for mode in ("pix2pix", "pix2pix+r"):
-            with pytest.raises(ValueError, match=re.escape(f"mode '{mode}' uses the CycleGAN backbone")):
+            with pytest.raises(
+                ValueError, match=re.escape(f"mode '{mode}' uses the CycleGAN backbone")
+            ):
                 build_model("munit", mode, **TINY["munit"])
         with pytest.raises(ValueError, match="'pix2pix\\+r' needs a Pix2Pix backbone"):
             TranslationModel(CycleGAN(cyclic=False, **TINY["cyclegan"]), mode="pix2pix+r")
