@@ -12,6 +12,9 @@ GPU time comes in short leases, so this script runs, in order and each under its
    that load; the step count is then the largest multiple of 500 that ends before the deadline
    (at least 800, at most ``--max-steps``). Runs still going at the deadline are stopped.
 
+``--runs pix2pix_r`` trains the Pix2Pix+R set instead of the default (``anchored``), and
+``--steps N`` skips the calibration and trains every run for N steps.
+
 Everything is written to ``--out`` (logs, the sweep's JSON lines, ``summary.txt``) and packed
 into ``device_check.tar.gz`` beside it at the end.
 

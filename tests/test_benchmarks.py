@@ -174,6 +174,29 @@ def test_noise_sweep_variant_rows_are_checked_under_their_own_label() -> None:
     )
 
 
+def test_noise_sweep_table_rows_ignore_r_settings_of_runs_without_r() -> None:
+    """A Pix2Pix run launched with R's flags (accepted, unused) belongs to the table; an NC+R
+    run must match exactly; one row per (mode, level, seed)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from noise_sweep import same_settings, table_rows
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    table = {"steps": 800, "initial_alignment": "source", "reg_passes": 0, "ema_decay": 0.99}
+    plain_flags = {"steps": 800, "initial_alignment": None, "reg_passes": None, "ema_decay": 0.99}
+    pix2pix = {"mode": "pix2pix", "settings": plain_flags, "level": 0, "seed": 0}
+    assert same_settings(pix2pix, table)
+    assert not same_settings(dict(pix2pix, mode="nc+r"), table)  # R's settings matter with R
+    other_ema = dict(pix2pix, settings=dict(plain_flags, ema_decay=0.0))
+    assert not same_settings(other_ema, table)  # the generator's average applies to every mode
+    other_steps = dict(pix2pix, settings=dict(plain_flags, steps=400))
+    assert not same_settings(other_steps, table)
+    first = dict(pix2pix, final=1)
+    again = dict(pix2pix, settings=table, final=2)  # the same run with the table's flags
+    ours = {"mode": "nc+r", "settings": table, "level": 0, "seed": 0}
+    assert table_rows([first, other_ema, again, ours], table) == [first, ours]
+
+
 def test_generator_drift_finds_a_known_shift() -> None:
     import torch
 
