@@ -400,17 +400,24 @@ class TestAffineFeatures:
         assert relative["moments"] > 2 * relative["mean"]
 
 
+def perturbed_regunet(passes: int, **options) -> RegUNet:
+    """A small RegUNet (seed 0) whose output layers are moved off their near-zero start, so that
+    each pass moves the image."""
+    torch.manual_seed(0)
+    net = RegUNet(channels=SMALL, passes=passes, **options)
+    with torch.no_grad():
+        net.output.weight.normal_(0.0, 0.02)
+        if net.affine:
+            net.affine_head[-1].weight.normal_(0.0, 0.02)
+            net.affine_head[-1].bias.normal_(0.0, 0.05)
+    return net
+
+
 class TestPasses:
     """``RegUNet(passes=k)``: the same network refines its own output k times."""
 
     def _pair(self, passes: int, **options) -> tuple[RegUNet, RegUNet]:
-        torch.manual_seed(0)
-        net = RegUNet(channels=SMALL, passes=passes, **options)
-        with torch.no_grad():
-            net.output.weight.normal_(0.0, 0.02)
-            if net.affine:
-                net.affine_head[-1].weight.normal_(0.0, 0.02)
-                net.affine_head[-1].bias.normal_(0.0, 0.05)
+        net = perturbed_regunet(passes, **options)
         single = RegUNet(channels=SMALL, **options)
         single.load_state_dict(net.state_dict())
         return net, single
@@ -633,23 +640,13 @@ class TestInitialField:
     the original ``moving`` once."""
 
     @staticmethod
-    def _net(passes: int, **options) -> RegUNet:
-        torch.manual_seed(0)
-        net = RegUNet(channels=SMALL, passes=passes, **options)
-        with torch.no_grad():
-            net.output.weight.normal_(0.0, 0.02)
-            if net.affine:
-                net.affine_head[-1].bias.normal_(0.0, 0.05)
-        return net
-
-    @staticmethod
     def _initial(batch: int = 2, spatial=(32, 40)) -> torch.Tensor:
         theta = torch.tensor([[0.98, 0.05, 1.5], [-0.05, 0.98, -2.0]]).expand(batch, 2, 3)
         return affine_to_displacement(theta, spatial)
 
     @pytest.mark.parametrize("options", [{}, {"affine": True}])
     def test_two_passes_each_warp_the_original_once(self, options, monkeypatch):
-        net = self._net(2, **options)
+        net = perturbed_regunet(2, **options)
         moving, fixed = torch.rand(2, 1, 32, 40), torch.rand(2, 1, 32, 40)
         initial = self._initial()
         seen: list[torch.Tensor] = []
@@ -697,7 +694,7 @@ class TestInitialField:
         torch.testing.assert_close(fields.displacement, expected, atol=2e-3, rtol=0)
 
     def test_gradients_reach_the_network_and_moving_not_the_initial_field(self):
-        net = self._net(2, affine=True)
+        net = perturbed_regunet(2, affine=True)
         moving = torch.rand(1, 1, 32, 40, requires_grad=True)
         initial = self._initial(batch=1).requires_grad_(True)
         field = net(torch.cat([moving, torch.rand(1, 1, 32, 40)], dim=1), initial=initial)
