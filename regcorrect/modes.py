@@ -343,6 +343,7 @@ class TranslationModel(nn.Module):
                     judged = warp(translated, field)
                     backbone = cast(Pix2Pix, self.backbone)
                     losses["adversarial"] = backbone.adversarial(condition, judged).float()
+                    out.fakes["target"] = judged.detach()
                     out.fakes["pair"] = torch.cat([condition, judged], dim=1).detach()
                 losses["correction"] = self.correction_weight * correction_loss(
                     registered, target, mask

@@ -518,7 +518,7 @@ class TestPix2PixPlusR:
             losses = model.train_step(images(), images())
         assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
         # the buffer stores (condition, fake) pairs: 1 + 1 channels
-        assert set(model.replay_buffers) == {"pair"}
+        assert set(model.replay_buffers) == {"target", "pair"}
         assert all(image.shape == (1, 2, 32, 32) for image in model.replay_buffers["pair"].images)
 
 

@@ -563,17 +563,19 @@ class Pix2Pix(TranslationBackbone):
 
     def generator_forward(self, source: Tensor, target: Tensor) -> GeneratorOutput:
         """Generator pass on the pair ``source`` ``(B, C_in, H, W)``, ``target``
-        ``(B, C_out, H, W)``: losses ``"adversarial"`` and ``"l1"``; fake ``"pair"``, the
-        judged ``cat([x, G(x)])`` (detached), so that a replay buffer keeps each fake with its
-        own condition."""
+        ``(B, C_out, H, W)``: losses ``"adversarial"`` and ``"l1"``; fakes ``"target"`` (``G(x)``,
+        like every backbone's) and ``"pair"``, the judged ``cat([x, G(x)])`` that
+        :meth:`discriminator_losses` uses, so that a replay buffer keeps each fake with its own
+        condition (all detached)."""
         self._check_pair(source, target)
         translated = self.generator(source)
         losses = {
             "adversarial": self.adversarial(source, translated),
             "l1": self.l1_weight * _l1(translated, target),
         }
-        pair = torch.cat([source, translated], dim=1).detach()
-        return GeneratorOutput(translated=translated, losses=losses, fakes={"pair": pair})
+        fake = translated.detach()
+        fakes = {"target": fake, "pair": torch.cat([source, fake], dim=1)}
+        return GeneratorOutput(translated=translated, losses=losses, fakes=fakes)
 
     def discriminator_losses(
         self, source: Tensor, target: Tensor, fakes: dict[str, Tensor]

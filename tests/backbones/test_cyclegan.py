@@ -284,11 +284,12 @@ class TestPix2Pix:
         assert model.discriminators()["discriminator"].in_channels == 3
         source, target = torch.randn(2, 2, 32, 32), images(2, 1)
         out = model.generator_forward(source, target)
-        assert set(out.losses) == {"adversarial", "l1"} and set(out.fakes) == {"pair"}
+        assert set(out.losses) == {"adversarial", "l1"} and set(out.fakes) == {"target", "pair"}
         assert all(loss.dtype == torch.float32 for loss in out.losses.values())
         assert set(model.discriminator_losses(source, target, out.fakes)) == {"discriminator"}
         # the fake is kept with its own condition (a replay buffer keeps the two together)
         torch.testing.assert_close(out.fakes["pair"], torch.cat([source, out.translated], 1))
+        torch.testing.assert_close(out.fakes["target"], out.translated)
         assert not out.fakes["pair"].requires_grad
 
     def test_values(self) -> None:
