@@ -33,7 +33,7 @@ def count(method: str, mode: str, **options: object) -> dict[str, int | list[str
 
 
 def table(*, in_channels: int, out_channels: int, image_size: int) -> str:
-    """The markdown table of all methods × modes (plus Pix2Pix)."""
+    """The markdown table of all methods × modes (plus Pix2Pix and Pix2Pix+R)."""
     size = {"in_channels": in_channels, "out_channels": out_channels}
     size["image_size"] = (image_size, image_size)  # type: ignore[assignment]
     rows = [
@@ -42,7 +42,7 @@ def table(*, in_channels: int, out_channels: int, image_size: int) -> str:
         "|---|---|---|--:|--:|--:|--:|--:|",
     ]
     combinations = [(method, mode) for method in METHODS for mode in MODES]
-    combinations.append(("cyclegan", "pix2pix"))
+    combinations += [("cyclegan", "pix2pix"), ("cyclegan", "pix2pix+r")]
     for method, mode in combinations:
         counts = count(method, mode, **size)
         registered = mode.endswith("+r")
@@ -50,7 +50,7 @@ def table(*, in_channels: int, out_channels: int, image_size: int) -> str:
         networks = ", ".join(f"`{name}`" for name in counts["networks"])  # type: ignore[union-attr]
         cells = [
             method,
-            mode.upper() if mode != "pix2pix" else "Pix2Pix",
+            {"pix2pix": "Pix2Pix", "pix2pix+r": "Pix2Pix+R"}.get(mode, mode.upper()),
             networks,
             f"{counts['generator']:,}",
             f"{counts['discriminator']:,}",
