@@ -506,6 +506,16 @@ class TestPix2PixPlusR:
         g_grads = torch.autograd.grad(losses["adversarial"], g_params, allow_unused=True)
         assert any(grad is not None and float(grad.abs().sum()) > 0 for grad in g_grads)
 
+    @pytest.mark.parametrize(("channels", "amp"), [((3, 1), False), ((1, 2), True)])
+    def test_other_channel_counts_and_bf16(self, channels: tuple[int, int], amp: bool) -> None:
+        c_in, c_out = channels
+        model = tiny_model("cyclegan", "pix2pix+r", in_channels=c_in, out_channels=c_out, amp=amp)
+        assert model.backbone.discriminator.in_channels == c_in + c_out
+        source, target = torch.rand(3, c_in, 40, 48) * 2 - 1, torch.rand(3, c_out, 40, 48) * 2 - 1
+        losses = model.train_step(source, target)
+        assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+        assert model.translate(source).shape == (3, c_out, 40, 48)
+
     def test_source_alignment_and_replay_keep_pairs(self) -> None:
         model = tiny_model(
             "cyclegan",
