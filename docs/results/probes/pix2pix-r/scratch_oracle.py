@@ -1,0 +1,76 @@
+"""Probe: does Pix2Pix+R stall late in training because its conditional discriminator sees the
+alignment's residual error? (seed 0, noise level 5, the anchored sweep's settings, 3500 steps)
+
+    python scratch_oracle.py estimated OUT.json   # R = source_alignment (the library's start)
+    python scratch_oracle.py true OUT.json        # R = the true relative misalignment (oracle)
+
+Both: mode ``pix2pix+r``, ``registration={"passes": 0}``, correction weight 100, EMA 0.99, bf16,
+joint augmentation composed with the noise, Adam 2e-4 with linear decay over the second half,
+batch 4, one torch thread; evaluation every 250 steps on the held-out slab (NMAE as the sweep).
+With ``true``, ``model.register`` returns the field of the known relative transform of each pair
+(target noise ∘ source noise⁻¹), so the real pairs ``(x∘φ, ỹ)`` are exactly aligned, like the fake
+pairs ``(x∘φ, G(x)∘φ)``.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "benchmarks"))
+import noise_sweep as ns  # noqa: E402
+
+from regcorrect.correction import source_alignment  # noqa: E402
+from regcorrect.data import Misalignment, PairAugmentation, compose_affine  # noqa: E402
+from regcorrect.registration import RegistrationFields, affine_to_displacement  # noqa: E402
+
+which, out = sys.argv[1], sys.argv[2]
+steps = int(sys.argv[3]) if len(sys.argv) > 3 else 3500
+torch.set_num_threads(1)
+
+
+class Args:
+    amp, device, lr, steps, base_channels, residual_blocks = True, "cpu", 2e-4, steps, 32, 6
+    reg_channels, affine, affine_features, reg_passes, prealign = [16, 32, 32, 32, 32, 32], False, "moments", 0, None
+    initial_alignment, smoothness_weight, correction_weight, centering_weight, ema_decay = "source", 10.0, 100.0, 0.0, 0.99
+
+
+train, test = ns.load_data(2.0, (112, 96))
+model = ns.sweep_model(Args, "pix2pix+r", 0, (112, 96))
+size = (112, 96)
+current = {}
+
+
+def to3(matrix):
+    return torch.cat([matrix, torch.tensor([[[0, 0, 1.0]]]).expand(matrix.shape[0], 1, 3)], 1)
+
+
+if which == "true":
+    def register(translated, target, *, source=None):
+        field = current["true"]
+        return RegistrationFields(displacement=field, residual=torch.zeros_like(field))
+
+    model.register = register
+noise, aug = Misalignment(5), PairAugmentation()
+generator = torch.Generator().manual_seed(10_000)
+history, errors = [], []
+for step in range(1, steps + 1):
+    index = torch.randint(len(train.source), (4,), generator=generator)
+    source, target = train.source[index], train.target[index]
+    joint = aug.matrices(aug.sample_params(4, generator), size)
+    ms = compose_affine(noise.matrices(noise.sample_params(4, generator), size), joint)
+    mt = compose_affine(noise.matrices(noise.sample_params(4, generator), size), joint)
+    src, tgt = Misalignment.warp(source, ms), Misalignment.warp(target, mt)
+    current["true"] = affine_to_displacement((to3(mt) @ torch.linalg.inv(to3(ms)))[:, :2], size)
+    if step % 50 == 0:  # how far the library's start is from the truth (all pixels)
+        errors.append(float((source_alignment(src, tgt) - current["true"]).norm(dim=1).mean()))
+    model.train_step(src, tgt)
+    if step % 250 == 0 or step == steps:
+        metrics = ns.evaluate(model, test)
+        history.append({"step": step, **metrics})
+        print(which, step, metrics, flush=True)
+final = float(np.mean([h["nmae"] for h in history[-3:]]))
+print(which, "final (mean of last 3)", final, "start's mean error px", np.mean(errors))
+json.dump({"which": which, "history": history, "final": final, "start_error_px": float(np.mean(errors))}, open(out, "w"))
