@@ -3,13 +3,17 @@ alignment's residual error? (seed 0, noise level 5, the anchored sweep's setting
 
     python scratch_oracle.py estimated OUT.json   # R = source_alignment (the library's start)
     python scratch_oracle.py true OUT.json        # R = the true relative misalignment (oracle)
+    python scratch_oracle.py true2 OUT.json       # the same, and D's real image resampled twice
 
 Both: mode ``pix2pix+r``, ``registration={"passes": 0}``, correction weight 100, EMA 0.99, bf16,
 joint augmentation composed with the noise, Adam 2e-4 with linear decay over the second half,
 batch 4, one torch thread; evaluation every 250 steps on the held-out slab (NMAE as the sweep).
 With ``true``, ``model.register`` returns the field of the known relative transform of each pair
 (target noise ∘ source noise⁻¹), so the real pairs ``(x∘φ, ỹ)`` are exactly aligned, like the fake
-pairs ``(x∘φ, G(x)∘φ)``.
+pairs ``(x∘φ, G(x)∘φ)``. With ``true2`` the discriminator's real image is the aligned target
+resampled like the condition — by the source's noise, then by the true field — instead of once by
+the target's noise, so that real and fake images are resampled as often as their condition (the
+correction loss still sees the target as given).
 """
 
 import json
@@ -47,12 +51,17 @@ def to3(matrix):
     return torch.cat([matrix, torch.tensor([[[0, 0, 1.0]]]).expand(matrix.shape[0], 1, 3)], 1)
 
 
-if which == "true":
+if which in ("true", "true2"):
     def register(translated, target, *, source=None):
         field = current["true"]
         return RegistrationFields(displacement=field, residual=torch.zeros_like(field))
 
     model.register = register
+if which == "true2":
+    judge = model.backbone.discriminator_losses
+    model.backbone.discriminator_losses = lambda source, target, fakes: judge(
+        source, current["twice"], fakes
+    )
 noise, aug = Misalignment(5), PairAugmentation()
 generator = torch.Generator().manual_seed(10_000)
 history, errors = [], []
@@ -64,6 +73,10 @@ for step in range(1, steps + 1):
     mt = compose_affine(noise.matrices(noise.sample_params(4, generator), size), joint)
     src, tgt = Misalignment.warp(source, ms), Misalignment.warp(target, mt)
     current["true"] = affine_to_displacement((to3(mt) @ torch.linalg.inv(to3(ms)))[:, :2], size)
+    if which == "true2":
+        from regcorrect import warp
+
+        current["twice"] = warp(Misalignment.warp(target, ms), current["true"])
     if step % 50 == 0:  # how far the library's start is from the truth (all pixels)
         errors.append(float((source_alignment(src, tgt) - current["true"]).norm(dim=1).mean()))
     model.train_step(src, tgt)
