@@ -528,7 +528,10 @@ def build_model(
             ``"pix2pix+r"`` (ours, ``method="cyclegan"`` only: Pix2Pix's conditional
             discriminator with R — it judges ``(x ∘ φ, G(x) ∘ φ)`` against ``(x ∘ φ, ỹ)``, both
             pairs in the target's frame, with ``φ`` R's field (detached there); the correction
-            loss replaces the L1 term, whose ``l1_weight`` is then unused).
+            loss replaces the L1 term, whose ``l1_weight`` is then unused. Experimental: in long
+            runs on misaligned pairs it gets worse in the second half, as its discriminator sees
+            that ``G(x)∘φ`` is resampled once more than ``ỹ``;
+            ``docs/results/probes/pix2pix-r``).
         in_channels, out_channels: image channels of the source and target domains.
         image_size: ``(H, W)`` of the training images, if known: R is then built with exactly the
             levels that size uses (no unused parameters).
