@@ -1,7 +1,7 @@
 """Probe: Pix2Pix+R judged in the *source's* frame (seed 0, noise level 5, 3500 steps; the
 protocol of scratch_oracle.py).
 
-    python scratch_source_frame.py OUT.json
+    python scratch_source_frame.py OUT.json [STEPS [LEVEL [SEED]]]   # defaults 3500, 5, 0
 
 The discriminator judges the fake pair ``(x, G(x))`` as Pix2Pix does (nothing resampled after G)
 against the real pair ``(x, ỹ∘S⁻¹)``: the target pulled back into the source's frame by the
@@ -32,6 +32,8 @@ from regcorrect.registration import (  # noqa: E402
 
 out = sys.argv[1]
 steps = int(sys.argv[2]) if len(sys.argv) > 2 else 3500
+level = int(sys.argv[3]) if len(sys.argv) > 3 else 5
+seed = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 torch.set_num_threads(1)
 
 
@@ -42,7 +44,7 @@ class Args:
 
 
 train, test = ns.load_data(2.0, (112, 96))
-model = ns.sweep_model(Args, "pix2pix", 0, (112, 96))  # Pix2Pix backbone; losses replaced below
+model = ns.sweep_model(Args, "pix2pix", seed, (112, 96))  # Pix2Pix backbone; losses replaced below
 size = (112, 96)
 current = {}
 
@@ -76,8 +78,8 @@ def ns_output(translated, fakes):
 model._generator_losses = generator_losses
 judge = model.backbone.discriminator_losses
 model.backbone.discriminator_losses = lambda source, target, fakes: judge(source, current["pulled"], fakes)
-noise, aug = Misalignment(5), PairAugmentation()
-generator = torch.Generator().manual_seed(10_000)
+noise, aug = Misalignment(level), PairAugmentation()
+generator = torch.Generator().manual_seed(10_000 + seed)
 history = []
 for step in range(1, steps + 1):
     index = torch.randint(len(train.source), (4,), generator=generator)
@@ -92,4 +94,7 @@ for step in range(1, steps + 1):
         print("source-frame", step, metrics, flush=True)
 final = float(np.mean([h["nmae"] for h in history[-3:]]))
 print("source-frame final (mean of last 3)", final)
-json.dump({"which": "source-frame", "history": history, "final": final}, open(out, "w"))
+json.dump(
+    {"which": "source-frame", "level": level, "seed": seed, "history": history, "final": final},
+    open(out, "w"),
+)
