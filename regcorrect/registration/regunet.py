@@ -356,11 +356,8 @@ class RegUNet(nn.Module):
     def passes(self, value: int) -> None:
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"passes must be an integer >= 0, got {value!r}")
-        if value > 1 and self.in_channels % 2:
-            raise ValueError(
-                f"passes > 1 needs an even in_channels (cat([moving, fixed]) of equal channels), "
-                f"got in_channels={self.in_channels}"
-            )
+        if value > 1:
+            self._require_even_in_channels("passes > 1")
         self._passes = value
 
     @property
@@ -373,12 +370,16 @@ class RegUNet(nn.Module):
     def prealign(self, value: str | None) -> None:
         if value is not None:
             check_choice(value, "prealign", PREALIGNMENTS)
-            if self.in_channels % 2:
-                raise ValueError(
-                    "prealign needs an even in_channels (cat([moving, fixed]) of equal "
-                    f"channels), got in_channels={self.in_channels}"
-                )
+            self._require_even_in_channels("prealign")
         self._prealign = value
+
+    def _require_even_in_channels(self, what: str) -> None:
+        """Raise unless the input splits into ``cat([moving, fixed])`` of equal channels."""
+        if self.in_channels % 2:
+            raise ValueError(
+                f"{what} needs an even in_channels (cat([moving, fixed]) of equal channels), "
+                f"got in_channels={self.in_channels}"
+            )
 
     # ------------------------------------------------------------------ helpers
     def _fit(self, spatial_shape: Sequence[int]) -> int:
@@ -478,11 +479,7 @@ class RegUNet(nn.Module):
     def _initial_fields(self, moving: Tensor, fixed: Tensor, initial: Tensor) -> RegistrationFields:
         """``initial`` (checked) as fields, with the pre-alignment of ``moving ∘ initial``
         composed onto it when ``prealign`` is set."""
-        if self.in_channels % 2:
-            raise ValueError(
-                f"initial needs an even in_channels (cat([moving, fixed]) of equal channels), "
-                f"got in_channels={self.in_channels}"
-            )
+        self._require_even_in_channels("initial")
         check_displacement(initial, "initial")
         expected = (self.spatial_dims, *moving.shape[2:])
         if tuple(initial.shape[1:]) != expected or initial.shape[0] not in (1, moving.shape[0]):
