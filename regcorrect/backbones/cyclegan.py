@@ -27,7 +27,12 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_float, check_rank, check_same_shape_and_device
+from .._checks import (
+    check_float,
+    check_rank,
+    check_same_batch_and_spatial,
+    check_same_shape_and_device,
+)
 from ..losses.cycle import cycle_loss
 from .base import GeneratorOutput, TranslationBackbone
 
@@ -586,11 +591,7 @@ class Pix2Pix(TranslationBackbone):
         self._check_pair(source, target)
         if isinstance(fakes, dict) and "pair" in fakes:
             fake_pair = _fake(fakes, "pair", torch.cat([source, target], dim=1))
-            if fake_pair.shape[0] != source.shape[0] or fake_pair.shape[2:] != source.shape[2:]:
-                raise ValueError(
-                    f'fakes["pair"] must have the batch and size of source {tuple(source.shape)}'
-                    f", got shape {tuple(fake_pair.shape)}"
-                )
+            check_same_batch_and_spatial(fake_pair, source, 'fakes["pair"]', "source")
         else:
             fake = _fake(fakes, "target", target)
             check_same_shape_and_device(fake, target, 'fakes["target"]', "target")

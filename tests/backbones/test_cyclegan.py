@@ -321,7 +321,9 @@ class TestPix2Pix:
         torch.testing.assert_close(got, with_source)
         with pytest.raises(ValueError, match=r"fakes\['pair'\].*2 channel"):
             model.discriminator_losses(source, target, {"pair": fake})
-        with pytest.raises(ValueError, match=r"fakes\[.pair.\] must have the batch and size"):
+        with pytest.raises(
+            ValueError, match=r"fakes\[.pair.\] and source must share batch and spatial sizes"
+        ):
             model.discriminator_losses(source, target, {"pair": pair[:1]})
 
     def test_l1_training_fits_aligned_pair(self) -> None:
