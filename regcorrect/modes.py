@@ -340,7 +340,9 @@ class TranslationModel(nn.Module):
                     # the adversarial term does not train (R learns from Eq. 7 and 8 only).
                     field = fields.displacement.detach().float()
                     condition = warp(source, field)
-                    judged = warp(translated, field)
+                    # a field without gradient (closed-form R) gives `registered` as it is
+                    needs_own = fields.displacement.requires_grad
+                    judged = warp(translated, field) if needs_own else registered
                     backbone = cast(Pix2Pix, self.backbone)
                     losses["adversarial"] = backbone.adversarial(condition, judged).float()
                     out.fakes["target"] = judged.detach()
