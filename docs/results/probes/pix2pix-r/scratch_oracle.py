@@ -25,9 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "benchmarks"))
 import noise_sweep as ns  # noqa: E402
+from common import SIZE, settings, to3, training_pairs  # noqa: E402
 
 from regcorrect.correction import source_alignment  # noqa: E402
-from regcorrect.data import Misalignment, PairAugmentation, compose_affine  # noqa: E402
+from regcorrect.data import Misalignment  # noqa: E402
 from regcorrect.registration import RegistrationFields, affine_to_displacement  # noqa: E402
 
 which, out = sys.argv[1], sys.argv[2]
@@ -35,20 +36,10 @@ steps = int(sys.argv[3]) if len(sys.argv) > 3 else 3500
 torch.set_num_threads(1)
 
 
-class Args:
-    amp, device, lr, steps, base_channels, residual_blocks = True, "cpu", 2e-4, steps, 32, 6
-    reg_channels, affine, affine_features, reg_passes, prealign = [16, 32, 32, 32, 32, 32], False, "moments", 0, None
-    initial_alignment, smoothness_weight, correction_weight, centering_weight, ema_decay = "source", 10.0, 100.0, 0.0, 0.99
-
-
-train, test = ns.load_data(2.0, (112, 96))
-model = ns.sweep_model(Args, "pix2pix+r", 0, (112, 96))
-size = (112, 96)
+train, test = ns.load_data(2.0, SIZE)
+model = ns.sweep_model(settings(steps), "pix2pix+r", 0, SIZE)
+size = SIZE
 current = {}
-
-
-def to3(matrix):
-    return torch.cat([matrix, torch.tensor([[[0, 0, 1.0]]]).expand(matrix.shape[0], 1, 3)], 1)
 
 
 if which in ("true", "true2"):
@@ -62,15 +53,8 @@ if which == "true2":
     model.backbone.discriminator_losses = lambda source, target, fakes: judge(
         source, current["twice"], fakes
     )
-noise, aug = Misalignment(5), PairAugmentation()
-generator = torch.Generator().manual_seed(10_000)
 history, errors = [], []
-for step in range(1, steps + 1):
-    index = torch.randint(len(train.source), (4,), generator=generator)
-    source, target = train.source[index], train.target[index]
-    joint = aug.matrices(aug.sample_params(4, generator), size)
-    ms = compose_affine(noise.matrices(noise.sample_params(4, generator), size), joint)
-    mt = compose_affine(noise.matrices(noise.sample_params(4, generator), size), joint)
+for step, source, target, ms, mt in training_pairs(train, 5, 0, steps):
     src, tgt = Misalignment.warp(source, ms), Misalignment.warp(target, mt)
     current["true"] = affine_to_displacement((to3(mt) @ torch.linalg.inv(to3(ms)))[:, :2], size)
     if which == "true2":

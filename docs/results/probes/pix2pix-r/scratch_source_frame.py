@@ -20,11 +20,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "benchmarks"))
 import noise_sweep as ns  # noqa: E402
+from common import SIZE, settings, to3, training_pairs  # noqa: E402
 
 from regcorrect.correction import SOURCE_REFINE_STEPS  # noqa: E402
-from regcorrect.data import Misalignment, PairAugmentation, compose_affine  # noqa: E402
+from regcorrect.data import Misalignment  # noqa: E402
+from regcorrect.backbones import GeneratorOutput  # noqa: E402
 from regcorrect.registration import (  # noqa: E402
-    RegistrationFields,
     affine_to_displacement,
     moment_alignment,
     warp,
@@ -37,20 +38,10 @@ seed = int(sys.argv[4]) if len(sys.argv) > 4 else 0
 torch.set_num_threads(1)
 
 
-class Args:
-    amp, device, lr, steps, base_channels, residual_blocks = True, "cpu", 2e-4, steps, 32, 6
-    reg_channels, affine, affine_features, reg_passes, prealign = [16, 32, 32, 32, 32, 32], False, "moments", 0, None
-    initial_alignment, smoothness_weight, correction_weight, centering_weight, ema_decay = "source", 10.0, 100.0, 0.0, 0.99
-
-
-train, test = ns.load_data(2.0, (112, 96))
-model = ns.sweep_model(Args, "pix2pix", seed, (112, 96))  # Pix2Pix backbone; losses replaced below
-size = (112, 96)
+train, test = ns.load_data(2.0, SIZE)
+model = ns.sweep_model(settings(steps), "pix2pix", seed, SIZE)  # Pix2Pix backbone; losses replaced below
+size = SIZE
 current = {}
-
-
-def to3(matrix):
-    return torch.cat([matrix, torch.tensor([[[0, 0, 1.0]]]).expand(matrix.shape[0], 1, 3)], 1)
 
 
 def generator_losses(source, target, mask):
@@ -65,28 +56,14 @@ def generator_losses(source, target, mask):
         registered = warp(translated.float(), field)
         losses["correction"] = 100.0 * (registered - target).abs().mean()
     fakes = {"pair": torch.cat([source, translated.detach().float()], 1)}
-    out = ns_output(translated, fakes)
-    return out, losses, source
-
-
-def ns_output(translated, fakes):
-    from regcorrect.backbones import GeneratorOutput
-
-    return GeneratorOutput(translated=translated, losses={}, fakes=fakes)
+    return GeneratorOutput(translated=translated, losses={}, fakes=fakes), losses, source
 
 
 model._generator_losses = generator_losses
 judge = model.backbone.discriminator_losses
 model.backbone.discriminator_losses = lambda source, target, fakes: judge(source, current["pulled"], fakes)
-noise, aug = Misalignment(level), PairAugmentation()
-generator = torch.Generator().manual_seed(10_000 + seed)
 history = []
-for step in range(1, steps + 1):
-    index = torch.randint(len(train.source), (4,), generator=generator)
-    source, target = train.source[index], train.target[index]
-    joint = aug.matrices(aug.sample_params(4, generator), size)
-    ms = compose_affine(noise.matrices(noise.sample_params(4, generator), size), joint)
-    mt = compose_affine(noise.matrices(noise.sample_params(4, generator), size), joint)
+for step, source, target, ms, mt in training_pairs(train, level, seed, steps):
     model.train_step(Misalignment.warp(source, ms), Misalignment.warp(target, mt))
     if step % 250 == 0 or step == steps:
         metrics = ns.evaluate(model, test)
