@@ -70,13 +70,18 @@ def _differs(settings: dict, key: str) -> bool:
 R_ONLY_KEYS = tuple(k for k in VARIANT_KEYS if k != "ema_decay") + ("reg_channels",)
 
 
+def _equal_except(a: dict, b: dict, ignored: tuple[str, ...]) -> bool:
+    """Whether the settings ``a`` and ``b`` agree on every key outside ``ignored``."""
+    keys = (set(a) | set(b)) - set(ignored)
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
 def same_settings(row: dict, settings: dict) -> bool:
     """Whether ``row`` ran with the table's ``settings`` (for a mode without R: up to
     :data:`R_ONLY_KEYS`)."""
     if row["mode"].endswith("+r"):
         return row["settings"] == settings
-    keys = (set(row["settings"]) | set(settings)) - set(R_ONLY_KEYS)
-    return all(row["settings"].get(k) == settings.get(k) for k in keys)
+    return _equal_except(row["settings"], settings, R_ONLY_KEYS)
 
 
 def table_rows(rows: list[dict], settings: dict) -> list[dict]:
@@ -91,8 +96,7 @@ def table_rows(rows: list[dict], settings: dict) -> list[dict]:
 
 def _is_variant(theirs: dict, ours: dict) -> bool:
     """Whether ``theirs`` differs from ``ours`` only in R's options (affine head, centring)."""
-    keys = (set(theirs) | set(ours)) - set(VARIANT_KEYS)
-    return all(theirs.get(k) == ours.get(k) for k in keys)
+    return _equal_except(theirs, ours, VARIANT_KEYS)
 
 
 def variant_label(settings: dict) -> str:
