@@ -11,6 +11,7 @@ from .fields import (
     compose,
     folding_fraction,
     integrate_velocity,
+    invert_displacement,
     jacobian_determinant,
 )
 from .regunet import AFFINE_FEATURES, PAPER_CHANNELS, PREALIGNMENTS, RegistrationFields, RegUNet
@@ -22,6 +23,7 @@ __all__ = [
     "WARP_MODES",
     "PADDING_MODES",
     "compose",
+    "invert_displacement",
     "integrate_velocity",
     "jacobian_determinant",
     "folding_fraction",

@@ -10,13 +10,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from kornia.geometry.transform import get_rotation_matrix2d, warp_affine, warp_affine3d
-from scipy.ndimage import gaussian_filter
+from scipy.ndimage import gaussian_filter, map_coordinates
 
 from regcorrect.registration import (
     affine_to_displacement,
     compose,
     folding_fraction,
     integrate_velocity,
+    invert_displacement,
     jacobian_determinant,
     warp,
 )
@@ -69,6 +70,142 @@ class TestCompose:
         with pytest.raises(ValueError, match="same batch size, or one of them 1"):
             compose(torch.zeros(2, 2, 6, 6), torch.zeros(3, 2, 6, 6))
         assert compose(torch.zeros(1, 2, 6, 6), torch.ones(3, 2, 6, 6)).shape == (3, 2, 6, 6)
+
+
+def _similarity(angle_deg: float, scale: float, shift: tuple[float, float], size) -> torch.Tensor:
+    """``(1, 2, 3)`` float64 rotation + scale about the image centre, then a shift (x, y)."""
+    height, width = size
+    center = torch.tensor([[(width - 1) / 2, (height - 1) / 2]], dtype=torch.float64)
+    matrix = get_rotation_matrix2d(
+        center,
+        torch.tensor([angle_deg], dtype=torch.float64),
+        torch.full((1, 2), scale, dtype=torch.float64),
+    )
+    matrix[:, 0, 2] += shift[0]
+    matrix[:, 1, 2] += shift[1]
+    return matrix
+
+
+def _inverse_matrix(matrix: torch.Tensor) -> torch.Tensor:
+    n = matrix.shape[-2]
+    square = torch.eye(n + 1, dtype=matrix.dtype).repeat(matrix.shape[0], 1, 1)
+    square[:, :n] = matrix
+    return torch.linalg.inv(square)[:, :n]
+
+
+def _inside(displacement: torch.Tensor) -> torch.Tensor:
+    """``(B, *spatial)``: where ``p + displacement(p)`` lies inside the image."""
+    spatial = displacement.shape[2:]
+    axes = torch.meshgrid(
+        *[torch.arange(s, dtype=displacement.dtype) for s in spatial], indexing="ij"
+    )
+    inside = torch.ones(displacement.shape[0], *spatial, dtype=torch.bool)
+    for i, (axis, size) in enumerate(zip(axes, spatial, strict=True)):
+        position = axis + displacement[:, i]
+        inside &= (position >= 0) & (position <= size - 1)
+    return inside
+
+
+class TestInvertDisplacement:
+    @given(
+        angle=st.floats(-10, 10),
+        scale=st.floats(0.85, 1.15),
+        tx=st.floats(-4, 4),
+        ty=st.floats(-4, 4),
+        height=st.integers(16, 28),
+        width=st.integers(16, 28),
+    )
+    def test_affine_field_inverted_exactly_inside_the_image(
+        self, angle, scale, tx, ty, height, width
+    ):
+        # independent reference: the field of the inverse matrix (affine_to_displacement)
+        matrix = _similarity(angle, scale, (tx, ty), (height, width))
+        field = affine_to_displacement(matrix, (height, width))
+        expected = affine_to_displacement(_inverse_matrix(matrix), (height, width))
+        inverse = invert_displacement(field)
+        inside = _inside(expected).unsqueeze(1).expand_as(expected)
+        torch.testing.assert_close(inverse[inside], expected[inside], atol=1e-8, rtol=0)
+
+    def test_3d_affine(self):
+        matrix = torch.tensor(
+            [[[0.98, -0.1, 0.05, 0.7], [0.1, 1.02, 0.0, -0.4], [0.0, 0.03, 0.97, 0.3]]],
+            dtype=torch.float64,
+        )
+        field = affine_to_displacement(matrix, (9, 10, 11))
+        expected = affine_to_displacement(_inverse_matrix(matrix), (9, 10, 11))
+        inverse = invert_displacement(field)
+        assert inverse.shape == (1, 3, 9, 10, 11)
+        inside = _inside(expected).unsqueeze(1).expand_as(expected)
+        assert inside.float().mean() > 0.6
+        torch.testing.assert_close(inverse[inside], expected[inside], atol=1e-8, rtol=0)
+
+    @given(seed=st.integers(0, 1000), dims=st.sampled_from([2, 3]))
+    def test_forward_map_of_the_inverse_lands_on_each_pixel(self, seed, dims):
+        # q = p + w(p) must satisfy q + u(q) = p, with u(q) interpolated by scipy.
+        shape = (26, 30) if dims == 2 else (12, 13, 14)
+        u = smooth_field(shape, 2.0, seed)
+        w = invert_displacement(u)
+        grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+        q = grid + w[0].numpy()
+        u_at_q = np.stack(
+            [map_coordinates(u[0, i].numpy(), q, order=1, mode="nearest") for i in range(dims)]
+        )
+        inner = (slice(None),) + (slice(4, -4),) * dims
+        np.testing.assert_allclose((q + u_at_q)[inner], grid[inner], atol=1e-6)
+
+    @given(seed=st.integers(0, 1000))
+    def test_round_trip_of_an_image(self, seed):
+        shape = (32, 36)
+        axes = np.meshgrid(*[np.linspace(0, 3, s) for s in shape], indexing="ij")
+        image = torch.from_numpy(np.sin(axes[0] + seed % 3) * np.cos(axes[1]))[None, None]
+        u = smooth_field(shape, 2.5, seed)
+        back = warp(warp(image, u), invert_displacement(u))
+        # two bilinear resamplings of a smooth image: ~1e-3 of its range (2)
+        torch.testing.assert_close(back[..., 5:-5, 5:-5], image[..., 5:-5, 5:-5], atol=5e-3, rtol=0)
+        # and a right inverse too, compose(u, w) ~ 0, up to bilinear interpolation of w
+        # (< 2 % of the field's 2.5 px amplitude)
+        right = compose(u, invert_displacement(u))
+        assert float(right[..., 5:-5, 5:-5].abs().max()) < 5e-2
+
+    def test_zero_constant_batch_and_dtype(self):
+        zero = torch.zeros(3, 2, 8, 9)
+        assert torch.equal(invert_displacement(zero), zero)
+        shift = torch.zeros(2, 3, 5, 6, 7, dtype=torch.float64)
+        shift[:, 0], shift[:, 2] = 1.25, -0.5
+        torch.testing.assert_close(invert_displacement(shift), -shift, atol=1e-12, rtol=0)
+        batch = torch.cat([smooth_field((20, 20), 1.0, 0), smooth_field((20, 20), 2.0, 1)]).float()
+        inverse = invert_displacement(batch)
+        assert inverse.dtype == torch.float32 and inverse.shape == batch.shape
+        torch.testing.assert_close(inverse[1:], invert_displacement(batch[1:]))
+
+    def test_more_iterations_converge(self):
+        u = smooth_field((24, 24), 3.0, 7)
+        errors = [
+            float(
+                (
+                    invert_displacement(u, iterations=k)
+                    + warp(u, invert_displacement(u, iterations=k))
+                )
+                .abs()
+                .max()
+            )
+            for k in (1, 3, 20)
+        ]
+        assert errors[0] > errors[1] > errors[2]
+        assert errors[2] < 1e-4
+
+    def test_gradcheck(self):
+        u = (smooth_field((6, 7), 0.8, 3)).requires_grad_(True)
+        assert torch.autograd.gradcheck(lambda f: invert_displacement(f, iterations=3), (u,))
+
+    def test_errors(self):
+        for bad in (0, -1, 2.5, True):
+            with pytest.raises(ValueError, match="iterations must be an int >= 1"):
+                invert_displacement(torch.zeros(1, 2, 4, 4), iterations=bad)
+        with pytest.raises(ValueError, match="displacement"):
+            invert_displacement(torch.zeros(1, 3, 4, 4))
+        with pytest.raises(TypeError, match="displacement"):
+            invert_displacement(torch.zeros(1, 2, 4, 4, dtype=torch.int64))
 
 
 class TestIntegrateVelocity:
