@@ -44,6 +44,7 @@ from .losses.centering import CenteredCorrection, target_foreground
 from .losses.correction import correction_loss
 from .losses.smoothness import smoothness_loss
 from .registration.regunet import RegistrationFields, RegUNet
+from .registration.fields import invert_displacement
 from .registration.warp import warp
 
 __all__ = ["MODES", "build_model", "TranslationModel", "ReplayBuffer"]
@@ -317,17 +318,25 @@ class TranslationModel(nn.Module):
 
     def _generator_losses(
         self, source: Tensor, target: Tensor, mask: Tensor | None
-    ) -> tuple[GeneratorOutput, dict[str, Tensor], Tensor]:
+    ) -> tuple[GeneratorOutput, dict[str, Tensor], tuple[Tensor, Tensor]]:
         """The backbone's weighted generator terms plus, in +R modes, correction and smoothness.
 
-        Also returns the condition of the real pair for a conditional discriminator: the source,
-        or in mode ``"pix2pix+r"`` the source warped by R's field (the target's frame).
+        Also returns the real pair ``(condition, image)`` the discriminator judges: the source and
+        the target, or in mode ``"pix2pix+r"`` the source and the target pulled back into the
+        source's frame by the inverse of R's field.
         """
-        condition = source
+        real_pair = (source, target)
         with self._autocast():
             if self.mode == "pix2pix+r":
-                translated = self.backbone.translate(source)
-                out = GeneratorOutput(translated=translated, losses={})
+                # Pix2Pix's generator side without its L1 term: D judges (x, G(x)) as it is.
+                backbone = cast(Pix2Pix, self.backbone)
+                translated = backbone.translate(source)
+                fake = translated.detach()
+                out = GeneratorOutput(
+                    translated=translated,
+                    losses={"adversarial": backbone.adversarial(source, translated)},
+                    fakes={"target": fake, "pair": torch.cat([source, fake], dim=1)},
+                )
             else:
                 out = self.backbone.generator_forward(source, target)
             losses = {name: value.float() for name, value in out.losses.items()}
@@ -336,17 +345,12 @@ class TranslationModel(nn.Module):
                 translated = out.translated.float()
                 registered = warp(translated, fields.displacement.float())
                 if self.mode == "pix2pix+r":
-                    # D judges (x, G(x)) in the target's frame: both warped by R's field, which
-                    # the adversarial term does not train (R learns from Eq. 7 and 8 only).
-                    field = fields.displacement.detach().float()
-                    condition = warp(source, field)
-                    # a field without gradient (closed-form R) gives `registered` as it is
-                    needs_own = fields.displacement.requires_grad
-                    judged = warp(translated, field) if needs_own else registered
-                    backbone = cast(Pix2Pix, self.backbone)
-                    losses["adversarial"] = backbone.adversarial(condition, judged).float()
-                    out.fakes["target"] = judged.detach()
-                    out.fakes["pair"] = torch.cat([condition, judged], dim=1).detach()
+                    # The real pair in the source's frame: (x, ỹ ∘ φ⁻¹), φ R's field (detached:
+                    # R learns from Eq. 7 and 8 only). Only the real image is resampled after
+                    # the noise, which G can match; judging (x∘φ, G(x)∘φ) instead resamples
+                    # the fake once more than ỹ, which a conditional D sees (docs/training.md).
+                    inverse = invert_displacement(fields.displacement.detach().float())
+                    real_pair = (source, warp(target, inverse))
                 losses["correction"] = self.correction_weight * correction_loss(
                     registered, target, mask
                 )
@@ -360,7 +364,7 @@ class TranslationModel(nn.Module):
                     losses["centering"] = self.centering_weight * self.centering(
                         translated, target, fields.displacement.float(), weights, mask
                     )
-        return out, losses, condition
+        return out, losses, real_pair
 
     def train_step(
         self, source: Tensor, target: Tensor, mask: Tensor | None = None
@@ -384,7 +388,7 @@ class TranslationModel(nn.Module):
             self.optimizers[name].zero_grad(set_to_none=True)
         # D stays out of the generator backward (no wasted gradients); its flags come back after.
         with frozen(discriminators):
-            out, losses, condition = self._generator_losses(source, target, mask)
+            out, losses, real_pair = self._generator_losses(source, target, mask)
             generator_total = torch.stack(list(losses.values())).sum()
             generator_total.backward()
         for name in generator_side:
@@ -396,7 +400,7 @@ class TranslationModel(nn.Module):
         self.optimizers["discriminator"].zero_grad(set_to_none=True)
         fakes = {name: self._replay(name, image) for name, image in out.fakes.items()}
         with self._autocast():
-            d_losses = self.backbone.discriminator_losses(condition, target, fakes)
+            d_losses = self.backbone.discriminator_losses(*real_pair, fakes)
         d_losses = {name: value.float() for name, value in d_losses.items()}
         discriminator_total = torch.stack(list(d_losses.values())).sum()
         discriminator_total.backward()
@@ -528,12 +532,10 @@ def build_model(
             one discriminator, adversarial loss only), ``"nc+r"`` (RegGAN), ``"pix2pix"``
             (``method="cyclegan"`` only: L1 weight 100 + conditional adversarial loss), or
             ``"pix2pix+r"`` (ours, ``method="cyclegan"`` only: Pix2Pix's conditional
-            discriminator with R — it judges ``(x ∘ φ, G(x) ∘ φ)`` against ``(x ∘ φ, ỹ)``, both
-            pairs in the target's frame, with ``φ`` R's field (detached there); the correction
-            loss replaces the L1 term, whose ``l1_weight`` is then unused. Experimental: in long
-            runs on misaligned pairs it gets worse in the second half, as its discriminator sees
-            that ``G(x)∘φ`` is resampled once more than ``ỹ``;
-            ``docs/results/probes/pix2pix-r``).
+            discriminator with R — it judges ``(x, G(x))`` against ``(x, ỹ ∘ φ⁻¹)``, both pairs
+            in the source's frame, with ``φ⁻¹`` the inverse (:func:`~regcorrect.registration.
+            invert_displacement`) of R's field, detached there; the correction loss replaces the
+            L1 term, whose ``l1_weight`` is then unused; ``docs/training.md``).
         in_channels, out_channels: image channels of the source and target domains.
         image_size: ``(H, W)`` of the training images, if known: R is then built with exactly the
             levels that size uses (no unused parameters).

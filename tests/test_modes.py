@@ -448,8 +448,8 @@ class TestInitialAlignment:
 
 
 class TestPix2PixPlusR:
-    """Mode ``"pix2pix+r"``: Pix2Pix's conditional D on pairs in the target's frame, the
-    correction loss instead of L1."""
+    """Mode ``"pix2pix+r"``: Pix2Pix's conditional D on pairs in the source's frame — ``(x, G(x))``
+    against ``(x, ỹ ∘ φ⁻¹)`` — and the correction loss instead of L1."""
 
     @staticmethod
     def _fixed_field(model: TranslationModel, field: torch.Tensor, monkeypatch) -> None:
@@ -460,6 +460,7 @@ class TestPix2PixPlusR:
         model = tiny_model("cyclegan", "pix2pix+r", correction_weight=100.0)
         assert model.backbone.discriminator.in_channels == 2  # conditional: cat([x, image])
         source, target = images(), images()
+        # R's field: an exact 1.5 px / -0.75 px shift, whose inverse is the opposite shift
         field = torch.zeros(2, 2, 32, 32)
         field[:, 0], field[:, 1] = 1.5, -0.75
         self._fixed_field(model, field, monkeypatch)
@@ -468,16 +469,33 @@ class TestPix2PixPlusR:
         g, d = before.backbone.generator, before.backbone.discriminator
         with torch.no_grad():
             translated = g(source)
-            condition, registered = warp(source, field), warp(translated, field)
-            judged = d(torch.cat([condition, registered], 1))
-            real = d(torch.cat([condition, target], 1))
-            fake = d(torch.cat([condition, registered], 1))
+            registered = warp(translated, field)
+            pulled_back = warp(target, -field)
+            judged = d(torch.cat([source, translated], 1))
+            real = d(torch.cat([source, pulled_back], 1))
         assert losses["adversarial"] == pytest.approx(float(((judged - 1) ** 2).mean()), rel=1e-5)
         expected = 100.0 * float((registered - target).abs().mean())
         assert losses["correction"] == pytest.approx(expected, rel=1e-5)
         assert "l1" not in losses
-        expected_d = 0.5 * float(((real - 1) ** 2).mean() + (fake**2).mean())
+        expected_d = 0.5 * float(((real - 1) ** 2).mean() + (judged**2).mean())
         assert losses["D/discriminator"] == pytest.approx(expected_d, rel=1e-5)
+
+    def test_real_image_is_the_target_pulled_back_by_the_inverse(self, monkeypatch) -> None:
+        # an affine field (rotation + scale + shift): the real image D sees is the target warped
+        # by the exact inverse affine (affine_to_displacement of the inverse matrix) inside.
+        model = tiny_model("cyclegan", "pix2pix+r")
+        matrix = torch.tensor([[[1.05, -0.09, 1.2], [0.09, 1.05, -2.0]]])
+        inverse_matrix = torch.linalg.inv(
+            torch.cat([matrix, torch.tensor([[[0.0, 0.0, 1.0]]])], 1)
+        )[:, :2]
+        field = affine_to_displacement(matrix, (32, 32)).expand(2, -1, -1, -1)
+        self._fixed_field(model, field, monkeypatch)
+        source, target = images(), images()
+        _, _, (condition, real) = model._generator_losses(source, target, None)
+        assert condition is source
+        expected = warp(target, affine_to_displacement(inverse_matrix, (32, 32)))
+        torch.testing.assert_close(real[..., 4:-4, 4:-4], expected[..., 4:-4, 4:-4])
+        assert not real.requires_grad
 
     def test_with_a_zero_field_it_is_pix2pix(self, monkeypatch) -> None:
         registered = tiny_model("cyclegan", "pix2pix+r", correction_weight=100.0)
@@ -495,8 +513,8 @@ class TestPix2PixPlusR:
 
     def test_adversarial_term_trains_g_not_r(self) -> None:
         model = tiny_model("cyclegan", "pix2pix+r")
-        _, losses, condition = model._generator_losses(images(), images(), None)
-        assert not condition.requires_grad
+        _, losses, (condition, real) = model._generator_losses(images(), images(), None)
+        assert not condition.requires_grad and not real.requires_grad
         r_params = list(model.registration.parameters())
         g_params = list(model.backbone.generator.parameters())
         r_grads = torch.autograd.grad(

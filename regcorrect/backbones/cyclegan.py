@@ -558,8 +558,7 @@ class Pix2Pix(TranslationBackbone):
         """Weighted generator-side adversarial term: D judges ``cat([condition, image])``.
 
         Args:
-            condition: ``(B, C_in, H, W)``, the source (or, in mode ``"pix2pix+r"``, the source
-                warped into the target's frame).
+            condition: ``(B, C_in, H, W)``, the source.
             image: ``(B, C_out, H, W)``, the generated image judged with it.
         """
         return self.adversarial_weight * self.gan.generator(
