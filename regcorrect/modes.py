@@ -43,8 +43,8 @@ from .correction import INITIAL_ALIGNMENTS, frozen, run_registration
 from .losses.centering import CenteredCorrection, target_foreground
 from .losses.correction import correction_loss
 from .losses.smoothness import smoothness_loss
-from .registration.regunet import RegistrationFields, RegUNet
 from .registration.fields import invert_displacement
+from .registration.regunet import RegistrationFields, RegUNet
 from .registration.warp import warp
 
 __all__ = ["MODES", "build_model", "TranslationModel", "ReplayBuffer"]

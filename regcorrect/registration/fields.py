@@ -12,9 +12,6 @@ from einops import rearrange
 from torch import Tensor
 
 from .._checks import check_displacement, check_float, check_rank, check_same_device
-
-#: Fixed-point iterations of :func:`invert_displacement` by default.
-INVERSE_ITERATIONS = 20
 from .warp import warp
 
 __all__ = [
@@ -24,7 +21,11 @@ __all__ = [
     "jacobian_determinant",
     "folding_fraction",
     "affine_to_displacement",
+    "INVERSE_ITERATIONS",
 ]
+
+#: Fixed-point iterations of :func:`invert_displacement` by default.
+INVERSE_ITERATIONS = 20
 
 
 def compose(first: Tensor, second: Tensor) -> Tensor:
