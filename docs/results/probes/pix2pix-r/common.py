@@ -4,7 +4,10 @@ training pairs (the same random draws, in the same order, as ``noise_sweep.fit``
 
 import torch
 
+from regcorrect.backbones import GeneratorOutput
 from regcorrect.data import Misalignment, PairAugmentation, compose_affine
+from regcorrect.losses import correction_loss, smoothness_loss
+from regcorrect.registration import warp
 
 SIZE = (112, 96)
 
@@ -39,3 +42,30 @@ def training_pairs(train, level: int, seed: int, steps: int, batch: int = 4):
         source_matrix = compose_affine(noise.matrices(noise.sample_params(batch, generator), SIZE), joint)
         target_matrix = compose_affine(noise.matrices(noise.sample_params(batch, generator), SIZE), joint)
         yield step, train.source[index], train.target[index], source_matrix, target_matrix
+
+
+def judge_in_target_frame(model) -> None:
+    """Give ``model`` (mode ``pix2pix+r``) the mode's first design, which these probes examined:
+    D judges ``(x∘φ, G(x)∘φ)`` against ``(x∘φ, ỹ)``, both pairs warped into the target's frame by
+    R's detached field. The library's ``pix2pix+r`` judges in the source's frame since
+    2026-11-27; this is the code it ran before (commit d2d8df8), so the recorded rows reproduce."""
+
+    def generator_losses(source, target, mask):
+        backbone = model.backbone
+        with model._autocast():
+            translated = backbone.translate(source)
+            out = GeneratorOutput(translated=translated, losses={})
+            fields = model.register(translated, target, source=source)
+            translated = translated.float()
+            registered = warp(translated, fields.displacement.float())
+            field = fields.displacement.detach().float()
+            condition = warp(source, field)
+            judged = warp(translated, field) if fields.displacement.requires_grad else registered
+            losses = {"adversarial": backbone.adversarial(condition, judged).float()}
+            out.fakes["target"] = judged.detach()
+            out.fakes["pair"] = torch.cat([condition, judged], dim=1).detach()
+            losses["correction"] = model.correction_weight * correction_loss(registered, target, mask)
+            losses["smoothness"] = model.smoothness_weight * smoothness_loss(fields.residual.float())
+        return out, losses, (condition, target)
+
+    model._generator_losses = generator_losses

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[4] / "benchmarks"))
 import noise_sweep as ns  # noqa: E402
-from common import SIZE, settings, to3, training_pairs  # noqa: E402
+from common import SIZE, judge_in_target_frame, settings, to3, training_pairs  # noqa: E402
 
 from regcorrect.correction import source_alignment  # noqa: E402
 from regcorrect.data import Misalignment  # noqa: E402
@@ -38,6 +38,7 @@ torch.set_num_threads(1)
 
 train, test = ns.load_data(2.0, SIZE)
 model = ns.sweep_model(settings(steps), "pix2pix+r", 0, SIZE)
+judge_in_target_frame(model)  # the design probed here (the library's before 2026-11-27)
 size = SIZE
 current = {}
 

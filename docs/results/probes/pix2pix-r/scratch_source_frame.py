@@ -56,12 +56,11 @@ def generator_losses(source, target, mask):
         registered = warp(translated.float(), field)
         losses["correction"] = 100.0 * (registered - target).abs().mean()
     fakes = {"pair": torch.cat([source, translated.detach().float()], 1)}
-    return GeneratorOutput(translated=translated, losses={}, fakes=fakes), losses, source
+    real_pair = (source, current["pulled"])
+    return GeneratorOutput(translated=translated, losses={}, fakes=fakes), losses, real_pair
 
 
 model._generator_losses = generator_losses
-judge = model.backbone.discriminator_losses
-model.backbone.discriminator_losses = lambda source, target, fakes: judge(source, current["pulled"], fakes)
 history = []
 for step, source, target, ms, mt in training_pairs(train, level, seed, steps):
     model.train_step(Misalignment.warp(source, ms), Misalignment.warp(target, mt))

@@ -74,7 +74,7 @@ if ANCHOR:
             if self.centering is not None:
                 weights = target_foreground(target, mask)
                 losses["centering"] = self.centering_weight * self.centering(translated, target, disp, weights, mask)
-        return out, losses
+        return out, losses, (source, target)  # the real pair D judges
     model._generator_losses = types.MethodType(_generator_losses, model)
     print("anchored", TOL)
 noise, aug = Misalignment(level), PairAugmentation()
