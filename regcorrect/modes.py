@@ -533,9 +533,10 @@ def build_model(
             (``method="cyclegan"`` only: L1 weight 100 + conditional adversarial loss), or
             ``"pix2pix+r"`` (ours, ``method="cyclegan"`` only: Pix2Pix's conditional
             discriminator with R — it judges ``(x, G(x))`` against ``(x, ỹ ∘ φ⁻¹)``, both pairs
-            in the source's frame, with ``φ⁻¹`` the inverse (:func:`~regcorrect.registration.
-            invert_displacement`) of R's field, detached there; the correction loss replaces the
-            L1 term, whose ``l1_weight`` is then unused; ``docs/training.md``).
+            in the source's frame, with ``φ⁻¹`` the inverse of R's field
+            (:func:`~regcorrect.registration.invert_displacement`), detached there; the
+            correction loss replaces the L1 term, whose ``l1_weight`` is then unused;
+            ``docs/training.md``).
         in_channels, out_channels: image channels of the source and target domains.
         image_size: ``(H, W)`` of the training images, if known: R is then built with exactly the
             levels that size uses (no unused parameters).
