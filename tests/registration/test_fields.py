@@ -288,14 +288,7 @@ class TestAffineToDisplacement:
     )
     def test_agrees_with_kornia_warp_affine(self, angle, scale, tx, ty, height, width):
         image = torch.rand(1, 2, height, width, dtype=torch.float64)
-        center = torch.tensor([[(width - 1) / 2, (height - 1) / 2]], dtype=torch.float64)
-        matrix = get_rotation_matrix2d(
-            center,
-            torch.tensor([angle], dtype=torch.float64),
-            torch.full((1, 2), scale, dtype=torch.float64),
-        )
-        matrix[:, 0, 2] += tx
-        matrix[:, 1, 2] += ty
+        matrix = _similarity(angle, scale, (tx, ty), (height, width))
         expected = warp_affine(
             image, matrix, (height, width), align_corners=True, padding_mode="border"
         )
