@@ -67,13 +67,13 @@ def invert_displacement(displacement: Tensor, *, iterations: int = INVERSE_ITERA
     """The inverse field ``w`` of ``u``: ``warp(warp(x, u), w) ≈ x``.
 
     ``w`` solves ``compose(w, u) = 0``, i.e. ``w(p) = -u(p + w(p))``, by fixed-point iteration
-    from ``w = -u`` (Chen et al. 2008, the iterative inversion ANTs and VoxelMorph users know):
-    each iteration is one warp of ``u``. It converges where ``p -> p + u(p)`` is invertible
-    with ``|∇u| < 1`` (every affine that scales by less than 2, any small smooth deformation);
-    the error shrinks by about that factor per iteration. An affine field is inverted exactly
-    (to float rounding) wherever ``p + w(p)`` stays inside the image, since bilinear
-    interpolation reproduces a linear field; beyond the image ``u`` is extended by its border
-    values (``padding_mode="border"``), which is approximate there.
+    from ``w = -u`` (Chen et al. 2008; ITK / ANTs invert fields the same way): each iteration is
+    one warp of ``u``. It converges where ``u`` is a contraction, ``‖∇u‖ < 1`` (for an affine
+    ``p -> A p + b``: ``‖A - I‖ < 1``, e.g. any rotation below 60° at a scale near 1; any small
+    smooth deformation); the error shrinks by about that factor per iteration. An affine field is
+    inverted exactly (to float rounding) wherever ``p + w(p)`` stays inside the image, since
+    bilinear interpolation reproduces a linear field; beyond the image ``u`` is extended by its
+    border values (``padding_mode="border"``), which is approximate there.
 
     Args:
         displacement: ``u``, ``(B, 2, H, W)`` or ``(B, 3, D, H, W)``, library convention (pixels,
