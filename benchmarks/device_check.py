@@ -54,7 +54,7 @@ SWEEP_RUNS = [
     ("pix2pix_l5_s0", "pix2pix", 5, 0, []),
     ("anchored_l3_s0", "nc+r", 3, 0, VARIANT),
 ]
-#: Pix2Pix+R (conditional D in the target's frame) with the same R, at every level.
+#: Pix2Pix+R (conditional D in the source's frame) with the same R, at every level.
 PIX2PIX_R_RUNS = [
     (f"pix2pix_r_l{level}_s{seed}", "pix2pix+r", level, seed, VARIANT)
     for level, seed in [(0, 0), (0, 1), (5, 0), (5, 1), (3, 0), (1, 0), (2, 0), (4, 0)]
