@@ -331,11 +331,10 @@ class TranslationModel(nn.Module):
                 # Pix2Pix's generator side without its L1 term: D judges (x, G(x)) as it is.
                 backbone = cast(Pix2Pix, self.backbone)
                 translated = backbone.translate(source)
-                fake = translated.detach()
                 out = GeneratorOutput(
                     translated=translated,
                     losses={"adversarial": backbone.adversarial(source, translated)},
-                    fakes={"target": fake, "pair": torch.cat([source, fake], dim=1)},
+                    fakes=backbone.judged_fakes(source, translated),
                 )
             else:
                 out = self.backbone.generator_forward(source, target)

@@ -23,6 +23,8 @@ from regcorrect.registration import (
     warp,
 )
 
+from .registration.test_fields import inverse_affine
+
 TINY: dict[str, dict[str, Any]] = {
     "cyclegan": {"base_channels": 8, "num_residual_blocks": 1, "discriminator_channels": 8},
     "munit": {
@@ -485,9 +487,7 @@ class TestPix2PixPlusR:
         # by the exact inverse affine (affine_to_displacement of the inverse matrix) inside.
         model = tiny_model("cyclegan", "pix2pix+r")
         matrix = torch.tensor([[[1.05, -0.09, 1.2], [0.09, 1.05, -2.0]]])
-        inverse_matrix = torch.linalg.inv(
-            torch.cat([matrix, torch.tensor([[[0.0, 0.0, 1.0]]])], 1)
-        )[:, :2]
+        inverse_matrix = inverse_affine(matrix)
         field = affine_to_displacement(matrix, (32, 32)).expand(2, -1, -1, -1)
         self._fixed_field(model, field, monkeypatch)
         source, target = images(), images()

@@ -577,9 +577,15 @@ class Pix2Pix(TranslationBackbone):
             "adversarial": self.adversarial(source, translated),
             "l1": self.l1_weight * _l1(translated, target),
         }
+        return GeneratorOutput(
+            translated=translated, losses=losses, fakes=self.judged_fakes(source, translated)
+        )
+
+    def judged_fakes(self, source: Tensor, translated: Tensor) -> dict[str, Tensor]:
+        """The detached fakes of one generator pass: ``"target"`` (``G(x)``) and ``"pair"``
+        (``cat([x, G(x)])``, what :meth:`discriminator_losses` judges)."""
         fake = translated.detach()
-        fakes = {"target": fake, "pair": torch.cat([source, fake], dim=1)}
-        return GeneratorOutput(translated=translated, losses=losses, fakes=fakes)
+        return {"target": fake, "pair": torch.cat([source, fake], dim=1)}
 
     def discriminator_losses(
         self, source: Tensor, target: Tensor, fakes: dict[str, Tensor]

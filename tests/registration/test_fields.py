@@ -86,7 +86,8 @@ def _similarity(angle_deg: float, scale: float, shift: tuple[float, float], size
     return matrix
 
 
-def _inverse_matrix(matrix: torch.Tensor) -> torch.Tensor:
+def inverse_affine(matrix: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``(B, N, N + 1)`` affine matrices, same layout."""
     n = matrix.shape[-2]
     square = torch.eye(n + 1, dtype=matrix.dtype).repeat(matrix.shape[0], 1, 1)
     square[:, :n] = matrix
@@ -121,7 +122,7 @@ class TestInvertDisplacement:
         # independent reference: the field of the inverse matrix (affine_to_displacement)
         matrix = _similarity(angle, scale, (tx, ty), (height, width))
         field = affine_to_displacement(matrix, (height, width))
-        expected = affine_to_displacement(_inverse_matrix(matrix), (height, width))
+        expected = affine_to_displacement(inverse_affine(matrix), (height, width))
         inverse = invert_displacement(field)
         inside = _inside(expected).unsqueeze(1).expand_as(expected)
         torch.testing.assert_close(inverse[inside], expected[inside], atol=1e-8, rtol=0)
@@ -132,7 +133,7 @@ class TestInvertDisplacement:
             dtype=torch.float64,
         )
         field = affine_to_displacement(matrix, (9, 10, 11))
-        expected = affine_to_displacement(_inverse_matrix(matrix), (9, 10, 11))
+        expected = affine_to_displacement(inverse_affine(matrix), (9, 10, 11))
         inverse = invert_displacement(field)
         assert inverse.shape == (1, 3, 9, 10, 11)
         inside = _inside(expected).unsqueeze(1).expand_as(expected)
