@@ -99,6 +99,9 @@ VARIANTS: dict[str, Variant] = {
     "lib-bf16": Variant("build_model amp=True (bf16)", amp=True),
     "lib-bf16-cl": Variant("build_model bf16 + channels-last", amp=True, channels_last=True),
     "lib-bf16-affine": Variant("build_model bf16, affine R (opt-in)", amp=True, affine=True),
+    "lib-bf16-compile": Variant(
+        "build_model bf16 + model.compile() (G, D and R)", amp=True, compile="gdr"
+    ),
     "g-forward": Variant(
         "G(x) alone, no grad (the reference's redundant work)", generator_forward_only=True
     ),
@@ -117,6 +120,7 @@ EFFECTS: list[tuple[str, str, str]] = [
     ("tuned glibc malloc (fp32)", "lib", "lib-malloc"),
     ("bf16 autocast", "lib", "lib-bf16"),
     ("bf16 autocast + channels-last", "lib", "lib-bf16-cl"),
+    ("torch.compile of G, D and R (bf16)", "lib-bf16", "lib-bf16-compile"),
     ("affine head (fp32), cost", "lib", "lib-affine"),
 ]
 
