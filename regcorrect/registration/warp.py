@@ -67,6 +67,36 @@ def _field_to_grid(displacement: Tensor) -> Tensor:
     return buffer.movedim(1, -1)
 
 
+def _make_finite(grid: Tensor) -> Tensor | None:
+    """Replace non-finite sampling positions by the image centre, in place; return the marker.
+
+    ``grid_sample`` turns a NaN position into an out-of-range index: the CPU bilinear backward
+    then writes out of bounds and kills the process (torch 2.13), and the forward returns some
+    pixel's value. So a non-finite displacement is sampled at the centre and its output set to
+    NaN afterwards with the returned marker, ``(B, 1, *spatial)``: NaN where a position was not
+    finite, 0 elsewhere. ``None`` when every position is finite — checked on the CPU by the
+    grid's sum (finite unless some position is not; one read pass, ≈ 2 % of a 256² warp); on
+    other devices the marker is always built, so that nothing waits for the device.
+    """
+    if grid.device.type == "cpu" and bool(grid.sum().isfinite()):
+        return None
+    marker = grid.sum(-1).mul_(0).unsqueeze(1)  # 0 * (sum of the coordinates): NaN if any is
+    grid.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
+    return marker
+
+
+def _sample(
+    image: Tensor, grid: Tensor, interpolation: int, padding: int
+) -> tuple[Tensor, Tensor | None]:
+    """``grid_sample`` (corner-aligned) with NaN where ``grid`` was not finite; ``grid`` is made
+    finite in place. Returns the samples and :func:`_make_finite`'s marker."""
+    marker = _make_finite(grid)
+    warped = _SAMPLE[grid.shape[-1]](image, grid, interpolation, padding, True)
+    if marker is not None:
+        warped.add_(marker)
+    return warped, marker
+
+
 class _WarpByField(torch.autograd.Function):
     """``grid_sample`` of ``image`` at ``identity + displacement`` as one autograd node.
 
@@ -83,17 +113,17 @@ class _WarpByField(torch.autograd.Function):
         interpolation: int,
         padding: int,
     ) -> Tensor:
-        n = displacement.shape[1]
         grid = _field_to_grid(displacement)
-        ctx.save_for_backward(image, displacement, grid)
+        warped, marker = _sample(image, grid, interpolation, padding)
+        ctx.save_for_backward(image, displacement, grid, marker)
         ctx.modes = (interpolation, padding)  # type: ignore[attr-defined]
-        return _SAMPLE[n](image, grid, interpolation, padding, True)
+        return warped
 
     @staticmethod
     def backward(  # type: ignore[override]
         ctx: torch.autograd.function.FunctionCtx, grad_warped: Tensor
     ) -> tuple[Tensor | None, Tensor | None, None, None]:
-        image, displacement, grid = ctx.saved_tensors  # type: ignore[attr-defined]
+        image, displacement, grid, marker = ctx.saved_tensors  # type: ignore[attr-defined]
         interpolation, padding = ctx.modes  # type: ignore[attr-defined]
         needs_image, needs_field = ctx.needs_input_grad[:2]  # type: ignore[attr-defined]
         if torch.is_grad_enabled():  # create_graph=True: recompute differentiably
@@ -101,6 +131,10 @@ class _WarpByField(torch.autograd.Function):
                 image, displacement, grad_warped, interpolation, padding, needs_image, needs_field
             )
         n = grid.shape[-1]
+        if (
+            marker is not None
+        ):  # NaN outputs do not depend on the image; their field gradient is NaN
+            grad_warped = grad_warped.masked_fill(marker.isnan(), 0.0)
         grad_image, grad_grid = _SAMPLE_BACKWARD[n](
             grad_warped, image, grid, interpolation, padding, True, [needs_image, needs_field]
         )
@@ -110,6 +144,8 @@ class _WarpByField(torch.autograd.Function):
             grad_field = grad_grid.new_empty(grad_grid.shape[0], n, *grad_grid.shape[1:-1])
             for i in range(n):
                 torch.mul(grad_grid[..., i], scales[i], out=grad_field[:, n - 1 - i])
+            if marker is not None:
+                grad_field.add_(marker)
         return (grad_image if needs_image else None), grad_field, None, None
 
 
@@ -134,11 +170,18 @@ def _differentiable_backward(
     scale = pixel_to_normalized_scale(spatial, displacement.device, displacement.dtype)
     offsets = rearrange(displacement.flip(1), "b n ... -> b ... n") * scale
     grid = identity_grid(spatial, displacement.device, displacement.dtype) + offsets
+    finite = grid.detach().clone()
+    marker = _make_finite(finite)
+    if marker is not None:  # the forward's positions and gradients (see _WarpByField.backward)
+        grid = torch.where(torch.isfinite(grid), grid, finite)
+        grad_warped = grad_warped.masked_fill(marker.isnan(), 0.0)
     warped = _SAMPLE[n](image, grid, interpolation, padding, True)
     inputs = [t for t, needed in ((image, needs_image), (displacement, needs_field)) if needed]
     grads = list(torch.autograd.grad(warped, inputs, grad_warped, create_graph=True))
     grad_image = grads.pop(0) if needs_image else None
     grad_field = grads.pop(0) if needs_field else None
+    if marker is not None and grad_field is not None:
+        grad_field = grad_field + marker
     return grad_image, grad_field, None, None
 
 
@@ -205,7 +248,10 @@ def warp(
         ``grid_sample`` itself (``docs/results/warp.md``). Double backward (``create_graph=True``)
         is supported where torch's ``grid_sample`` can be differentiated twice (torch 2.13, not
         2.11: a ``NotImplementedError`` then): that backward is recomputed from differentiable
-        ops. ``image`` and ``displacement`` must be on one device.
+        ops. ``image`` and ``displacement`` must be on one device. Where the displacement is
+        not finite (NaN or infinite, e.g. from a diverging registration net) the output is NaN
+        (its field gradient NaN, its image gradient 0); ``grid_sample`` itself would return
+        another pixel's value there, or crash in its CPU backward.
 
     Example:
         >>> image = torch.arange(16.0, dtype=torch.float64).reshape(1, 1, 4, 4)
@@ -250,8 +296,7 @@ def warp(
         if torch.is_grad_enabled() and (source.requires_grad or field.requires_grad):
             warped = _WarpByField.apply(source, field, interpolation, padding)
         else:
-            grid = _field_to_grid(field)
-            warped = _SAMPLE[n](source, grid, interpolation, padding, True)
+            warped, _ = _sample(source, _field_to_grid(field), interpolation, padding)
     return warped.to(image.dtype)
 
 

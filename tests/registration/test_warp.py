@@ -219,6 +219,82 @@ class TestWarp:
         assert grid[0, 0, 0, -1].tolist() == [1.0, -1.0, -1.0]  # x varies along the last axis
         assert grid[0, -1, 0, 0].tolist() == [-1.0, -1.0, 1.0]  # z along the first
 
+    @pytest.mark.parametrize(
+        "mode, padding_mode, shape",
+        [
+            ("bilinear", "border", (24, 20)),  # torch's CPU backward crashed on these two
+            ("bilinear", "reflection", (24, 20)),
+            ("bilinear", "zeros", (24, 20)),
+            ("nearest", "border", (24, 20)),
+            ("bicubic", "reflection", (24, 20)),
+            ("bilinear", "border", (6, 7, 5)),
+            ("nearest", "reflection", (6, 7, 5)),
+        ],
+    )
+    def test_non_finite_displacement_gives_nan_there_and_nowhere_else(
+        self, mode, padding_mode, shape
+    ):
+        n = len(shape)
+        gen = torch.Generator().manual_seed(6)
+        image = torch.rand(2, 3, *shape, generator=gen, dtype=torch.float64)
+        field = torch.randn(2, n, *shape, generator=gen, dtype=torch.float64) * 3.0
+        bad_field = field.clone()
+        bad_field[0, :, 2:5] = float("nan")  # every coordinate: grid_sample reads another pixel
+        bad_field[0, 0, 5] = float("nan")  # one coordinate
+        bad_field[1, -1, 3] = float("inf")
+        bad_field[1, 0, 1] = -float("inf")
+        bad = (~torch.isfinite(bad_field)).any(1, keepdim=True)  # (B, 1, *spatial)
+        assert bad.any() and not bad.all()
+
+        image_in = image.clone().requires_grad_()
+        field_in = bad_field.clone().requires_grad_()
+        warped = warp(image_in, field_in, mode=mode, padding_mode=padding_mode)
+        assert warped.isnan().equal(bad.expand_as(warped))
+        # Elsewhere the values are those of the same warp with the bad positions repaired.
+        expected = warp(
+            image, torch.where(bad, field, bad_field), mode=mode, padding_mode=padding_mode
+        )
+        torch.testing.assert_close(warped[~bad.expand_as(warped)], expected[~bad.expand_as(warped)])
+
+        # Backward (torch's own bilinear CPU backward segfaults on NaN positions): NaN field
+        # gradient exactly at the bad positions, and the image gradient of the finite outputs.
+        upstream = torch.rand(warped.shape, generator=gen, dtype=torch.float64)
+        warped.backward(upstream)
+        assert field_in.grad.isnan().equal(bad.expand_as(field_in.grad))
+        reference = image.clone().requires_grad_()
+        repaired = warp(
+            reference, torch.where(bad, field, bad_field), mode=mode, padding_mode=padding_mode
+        )
+        repaired.backward(upstream.masked_fill(bad, 0.0))
+        torch.testing.assert_close(image_in.grad, reference.grad)
+
+    @pytest.mark.skipif(
+        not sampler_has_double_backward("cpu", 2), reason="this torch's grid_sample lacks it"
+    )
+    def test_non_finite_displacement_double_backward(self):
+        gen = torch.Generator().manual_seed(7)
+        image = torch.rand(1, 2, 12, 10, generator=gen, dtype=torch.float64, requires_grad=True)
+        good = torch.randn(1, 2, 12, 10, generator=gen, dtype=torch.float64)
+        bad_field = good.clone()
+        bad_field[0, :, 3, 4] = float("nan")
+        field = bad_field.clone().requires_grad_()
+        upstream = torch.rand(1, 2, 12, 10, generator=gen, dtype=torch.float64)
+        grads = torch.autograd.grad(warp(image, field), (image, field), upstream, create_graph=True)
+        first_order = torch.autograd.grad(warp(image, field), (image, field), upstream)
+        bad = torch.zeros(1, 2, 12, 10, dtype=torch.bool)
+        bad[0, :, 3, 4] = True
+        assert grads[1].isnan().equal(bad) and torch.isfinite(grads[0]).all()
+        for double, single in zip(grads, first_order, strict=True):
+            torch.testing.assert_close(double, single, equal_nan=True)
+        grads[0].sum().backward()  # the image gradient depends on the field: no crash there
+        assert field.grad is not None and torch.isfinite(field.grad).all()
+
+    def test_non_finite_displacement_without_autograd(self):
+        field = torch.zeros(1, 2, 16, 16)
+        field[0, :, 4, 5] = float("nan")
+        warped = warp(torch.rand(1, 2, 16, 16), field)
+        assert warped.isnan().sum() == 2 and warped[0, :, 4, 5].isnan().all()
+
     def test_works_in_inference_mode_then_training(self):
         with torch.inference_mode():
             warp(torch.rand(1, 1, 11, 13), torch.zeros(1, 2, 11, 13))
