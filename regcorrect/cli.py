@@ -395,7 +395,8 @@ _COMMANDS = {"demo": _demo, "train": _train, "evaluate": _evaluate, "translate":
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 ok, 2 user error, 130 interrupted)."""
+    """Run the command line; returns the exit status (0 ok, 1 training diverged, 2 user error,
+    130 interrupted)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -410,6 +411,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except FloatingPointError as error:  # regcorrect.training.DivergenceError
+        if os.environ.get("REGCORRECT_DEBUG"):
+            raise
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        return 1
     except (_UserError, ValueError, OSError) as error:
         if os.environ.get("REGCORRECT_DEBUG"):
             raise

@@ -96,6 +96,14 @@ class TestTrain:
         )
         assert main(["train", str(config), "--quiet", "--force"]) == 0
 
+    def test_divergence_is_status_1_with_a_one_line_message(self, tmp_path, capsys) -> None:
+        config = write_config(tmp_path / "config.yaml", steps=6, lr=1e20, checkpoint_every=1)
+        assert main(["train", str(config), "--quiet"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "Traceback" not in err[0], err
+        assert err[0].startswith("regcorrect: error: training diverged at step "), err[0]
+        assert "checkpoint.pt still holds step" in err[0]
+
     def test_resume_continues_to_the_new_step_count(self, tmp_path) -> None:
         config = write_config(tmp_path / "config.yaml", steps=1)
         assert main(["train", str(config), "--quiet"]) == 0

@@ -14,7 +14,7 @@ from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .config import OFFICIAL_KEYS, ConfigError, TrainingConfig, load_config
 from .data import StepSampler, TrainingData, load_pairs, load_training_data
 from .distributed import Context, average_gradients, resolve_device, setup
-from .engine import RUN_KEYS, Trainer
+from .engine import RUN_KEYS, DivergenceError, Trainer
 from .evaluate import METRICS, evaluate_model, evaluate_translation, fit_linear_map
 from .logs import RunLogger, read_csv_log
 
@@ -23,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "ConfigError",
     "Context",
+    "DivergenceError",
     "METRICS",
     "OFFICIAL_KEYS",
     "RUN_KEYS",

@@ -31,6 +31,7 @@ __all__ = [
     "setup",
     "average_gradients",
     "broadcast_module",
+    "any_rank",
 ]
 
 
@@ -172,8 +173,14 @@ class StopRequest:
             )
 
     def requested(self) -> bool:
-        if not self.context.distributed:
-            return self.flag
-        flag = torch.tensor([float(self.flag)], device=self.context.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item() > 0)
+        return any_rank(self.flag, self.context)
+
+
+def any_rank(flag: bool, context: Context) -> bool:
+    """Whether ``flag`` is true on any rank: a collective call (``all_reduce`` MAX) that every
+    rank must make in multi-process runs; ``flag`` itself in a single process."""
+    if not context.distributed:
+        return flag
+    shared = torch.tensor([float(flag)], device=context.device)
+    dist.all_reduce(shared, op=dist.ReduceOp.MAX)
+    return bool(shared.item() > 0)

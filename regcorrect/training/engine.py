@@ -19,6 +19,7 @@ where a run stops and resumes does not change what it computes.
 from __future__ import annotations
 
 import functools
+import math
 import random
 import shutil
 import time
@@ -36,11 +37,18 @@ from .build import CHECKPOINT_NAME, build_from_config, checkpoint_path
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, TrainingConfig
 from .data import StepSampler, TrainingData, collate, load_training_data
-from .distributed import Context, StopRequest, average_gradients, broadcast_module, setup
+from .distributed import (
+    Context,
+    StopRequest,
+    any_rank,
+    average_gradients,
+    broadcast_module,
+    setup,
+)
 from .evaluate import evaluate_model
 from .logs import LOG_FILES, RunLogger
 
-__all__ = ["Trainer", "RUN_KEYS"]
+__all__ = ["Trainer", "RUN_KEYS", "DivergenceError"]
 
 #: Config keys a resumed run may change; every other key must match the checkpoint's.
 RUN_KEYS = (
@@ -57,6 +65,32 @@ RUN_KEYS = (
 )
 
 Callback = Callable[["Trainer", dict[str, float]], None]
+
+
+class DivergenceError(FloatingPointError):
+    """A training step produced a non-finite loss (NaN or infinity): the run has diverged.
+
+    Raised by :meth:`Trainer.fit` right after that step, before it logs, evaluates or writes a
+    checkpoint, so the checkpoint on disk still holds the last good weights. Attributes:
+    ``step`` (the step that diverged), ``losses`` (its non-finite terms) and ``checkpoint``
+    (the path and step of the last checkpoint, or ``None``).
+    """
+
+    def __init__(
+        self, step: int, losses: dict[str, float], checkpoint: tuple[Path, int] | None
+    ) -> None:
+        self.step, self.losses, self.checkpoint = step, losses, checkpoint
+        terms = ", ".join(f"{name}={value}" for name, value in losses.items())
+        where = (
+            "no checkpoint of this run holds earlier weights"
+            if checkpoint is None
+            else f"{checkpoint[0]} still holds step {checkpoint[1]}: resume from it"
+        )
+        super().__init__(
+            f"training diverged at step {step}: non-finite loss ({terms or 'on another rank'}); "
+            f"stopped before writing anything, {where} with a lower learning rate, "
+            f"smaller loss weights or amp off"
+        )
 
 
 def _seed_everything(seed: int) -> None:
@@ -171,6 +205,7 @@ class Trainer:
         self.eval_history: list[dict[str, float]] = []
         self.seconds = 0.0
         self._resumed_at: int | None = None
+        self._checkpoint: tuple[Path, int] | None = None  # (path, step) of the last one written
         self._logger: RunLogger | None = None
         if self.out_dir is not None and self.context.is_main:
             # only now that everything is valid: a failed start leaves an earlier run alone
@@ -213,7 +248,8 @@ class Trainer:
             ConfigError: ``config`` differs from the checkpoint's in a key outside
                 :data:`RUN_KEYS`.
         """
-        state = load_checkpoint(checkpoint_path(checkpoint))
+        source = checkpoint_path(checkpoint)
+        state = load_checkpoint(source)
         saved = TrainingConfig.from_dict(state["config"])
         if config is None:
             config = saved
@@ -230,6 +266,7 @@ class Trainer:
                 )
         trainer = cls(config, data, progress=progress, context=context, _resuming=True)
         trainer.load_state_dict(state)
+        trainer._checkpoint = (Path(source), trainer.step)
         return trainer
 
     # ------------------------------------------------------------------ state
@@ -293,6 +330,7 @@ class Trainer:
             if self.out_dir is None:
                 return None
             path = self.out_dir / CHECKPOINT_NAME
+        self._checkpoint = (Path(path), self.step)
         if not self.context.is_main:
             return None
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -373,6 +411,7 @@ class Trainer:
                     in_step = True
                     losses = self.model.train_step(batch["source"], batch["target"])
                     in_step = False
+                    self._check_finite(losses)
                     for name, value in losses.items():
                         sums[name] = sums.get(name, 0.0) + value
                     count += 1
@@ -399,6 +438,10 @@ class Trainer:
                         callback(self, losses)
                     if stop.requested():
                         raise KeyboardInterrupt
+        except DivergenceError:
+            bar.close()
+            self.seconds += time.perf_counter() - started
+            raise
         except KeyboardInterrupt:
             bar.close()
             self.seconds += time.perf_counter() - started
@@ -420,6 +463,13 @@ class Trainer:
         if not self.eval_history:
             return {}
         return {k: v for k, v in self.eval_history[-1].items() if k != "step"}
+
+    def _check_finite(self, losses: dict[str, float]) -> None:
+        """Raise :class:`DivergenceError` when a loss of this step is not finite on any rank."""
+        bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
+        if any_rank(bool(bad), self.context):
+            self._close_logger()
+            raise DivergenceError(self.step, bad, self._checkpoint)
 
     def _timed_save(self, started: float) -> None:
         self.seconds += time.perf_counter() - started

@@ -12,18 +12,20 @@ import torch
 
 from regcorrect.training import (
     ConfigError,
+    DivergenceError,
     StepSampler,
     Trainer,
     build_from_config,
     evaluate_translation,
     fit_linear_map,
+    load_checkpoint,
     load_model,
     load_training_data,
     read_csv_log,
 )
 from regcorrect.training.inference import translate_slices
 
-from .helpers import tiny_config, tiny_data, tiny_trainer
+from .helpers import tiny_config, tiny_data, tiny_resume, tiny_trainer
 
 
 class TestFit:
@@ -63,6 +65,35 @@ class TestFit:
         trainer.fit()
         after = trainer.model.backbone.generator.state_dict()
         assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    def test_divergence_stops_before_anything_is_written(self, tmp_path) -> None:
+        # lr 1e20: Adam moves every weight by ~1e20 in the first step, so the losses of the
+        # next steps are NaN (and R's field too: the warp must not crash on it).
+        run = tmp_path / "run"
+        trainer = tiny_trainer(run, steps=6, lr=1e20, checkpoint_every=1, log_every=1)
+        with pytest.raises(
+            DivergenceError, match=r"training diverged at step \d: non-finite"
+        ) as info:
+            trainer.fit()
+        error = info.value
+        assert 2 <= error.step <= 6 and error.losses
+        assert all(not np.isfinite(v) for v in error.losses.values())
+        assert error.checkpoint == (run / "checkpoint.pt", error.step - 1)
+        assert f"{run / 'checkpoint.pt'} still holds step {error.step - 1}" in str(error)
+        state = load_checkpoint(run / "checkpoint.pt")
+        assert state["training"]["step"] == error.step - 1
+        assert all(
+            torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+        )
+        assert [row["step"] for row in read_csv_log(run / "train.csv")] == list(
+            range(1, error.step)
+        )
+        resumed = tiny_resume(run)  # the last good state resumes
+        assert resumed.step == error.step - 1
+
+    def test_divergence_without_a_checkpoint(self) -> None:
+        with pytest.raises(DivergenceError, match="no checkpoint of this run holds earlier"):
+            tiny_trainer(None, steps=6, lr=1e20).fit()
 
     def test_non_empty_out_dir_needs_overwrite(self, tmp_path) -> None:
         run = tmp_path / "run"
