@@ -2,7 +2,8 @@
 
 Usage: ``python -m torch.distributed.run --standalone --nproc_per_node=2 -m
 tests.training.distributed_worker FOLDER STEPS``. Each rank trains the tiny config with
-``out_dir=FOLDER/run`` and saves its final weights to ``FOLDER/rank<r>.pt``.
+``out_dir=FOLDER/run`` and saves its final weights to ``FOLDER/rank<r>.pt``. With ``diverge``
+instead of STEPS each rank trains with lr 1e20 and prints the step it stopped at.
 """
 
 from __future__ import annotations
@@ -12,9 +13,22 @@ from pathlib import Path
 
 import torch
 
-from regcorrect.training import Trainer
+from regcorrect.training import DivergenceError, Trainer
 
 from .helpers import tiny_config, tiny_data
+
+
+def diverge(folder: str) -> None:
+    """Train with lr 1e20 until the losses are NaN: every rank must stop at the same step."""
+    torch.set_num_threads(1)
+    run = Path(folder) / "run"
+    config = tiny_config(run, steps=6, lr=1e20, checkpoint_every=1, eval_every=100)
+    trainer = Trainer(config, data=tiny_data(), progress=False)
+    try:
+        trainer.fit()
+    except DivergenceError as error:
+        print(f"rank {trainer.context.rank} diverged at step {error.step}", flush=True)
+    trainer.close()
 
 
 def main(folder: str, steps: int) -> None:
@@ -34,4 +48,7 @@ def main(folder: str, steps: int) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[2] == "diverge":
+        diverge(sys.argv[1])
+    else:
+        main(sys.argv[1], int(sys.argv[2]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,6 +59,31 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path) -> None:
     both.model.load_state_dict(ranks[0])
     assert (both.model.translate(source) - expected).abs().max() < 1e-4
     assert (expected - untrained).abs().max() > 1e-2  # training did move the outputs
+
+
+@pytest.mark.slow
+def test_every_rank_stops_at_the_step_that_diverged(tmp_path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "tests.training.distributed_worker",
+        str(tmp_path),
+        "diverge",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=REPOSITORY, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]  # no rank hangs or crashes
+    steps = sorted(re.findall(r"rank (\d) diverged at step (\d+)", result.stdout))
+    assert [rank for rank, _ in steps] == ["0", "1"], result.stdout
+    assert steps[0][1] == steps[1][1], result.stdout
+    saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert saved["training"]["step"] == int(steps[0][1]) - 1
 
 
 def test_single_process_setup_initialises_nothing(monkeypatch) -> None:
