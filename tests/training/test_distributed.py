@@ -21,8 +21,8 @@ DISTRIBUTED_STEPS = 3
 REPOSITORY = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.slow
-def test_two_processes_stay_identical_and_match_one_process(tmp_path) -> None:
+def run_two_ranks(folder: Path, argument: str) -> subprocess.CompletedProcess:
+    """``distributed_worker FOLDER ARGUMENT`` in 2 CPU processes under torchrun."""
     command = [
         sys.executable,
         "-m",
@@ -31,13 +31,18 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path) -> None:
         "--nproc_per_node=2",
         "-m",
         "tests.training.distributed_worker",
-        str(tmp_path),
-        str(DISTRIBUTED_STEPS),
+        str(folder),
+        argument,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
+    return subprocess.run(
         command, capture_output=True, text=True, env=env, cwd=REPOSITORY, timeout=300
     )
+
+
+@pytest.mark.slow
+def test_two_processes_stay_identical_and_match_one_process(tmp_path) -> None:
+    result = run_two_ranks(tmp_path, str(DISTRIBUTED_STEPS))
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.count("checkpoint written by rank 0") == 1
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
@@ -63,21 +68,7 @@ def test_two_processes_stay_identical_and_match_one_process(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_every_rank_stops_at_the_step_that_diverged(tmp_path) -> None:
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        "-m",
-        "tests.training.distributed_worker",
-        str(tmp_path),
-        "diverge",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        command, capture_output=True, text=True, env=env, cwd=REPOSITORY, timeout=300
-    )
+    result = run_two_ranks(tmp_path, "diverge")
     assert result.returncode == 0, result.stderr[-3000:]  # no rank hangs or crashes
     steps = sorted(re.findall(r"rank (\d) diverged at step (\d+)", result.stdout))
     assert [rank for rank, _ in steps] == ["0", "1"], result.stdout
