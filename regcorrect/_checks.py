@@ -83,6 +83,11 @@ def check_displacement(displacement: Tensor, name: str = "displacement") -> int:
             f"{name} of a {n}-D field must have {n} channels {layout} "
             f"(one per spatial axis, in axis order), got shape {tuple(displacement.shape)}"
         )
+    if 0 in displacement.shape[2:]:
+        raise ValueError(
+            f"{name} must have at least 1 sample along each spatial axis, got shape "
+            f"{tuple(displacement.shape)}"
+        )
     return n
 
 

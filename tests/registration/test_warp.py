@@ -317,6 +317,7 @@ class TestWarp:
             (torch.rand(1, 8, 8), torch.zeros(1, 2, 8, 8), "image must be a 4-D"),
             (torch.rand(1, 1, 8, 9), torch.zeros(1, 2, 8, 8), "spatial shape"),
             (torch.rand(2, 1, 8, 8), torch.zeros(3, 2, 8, 8), "batch"),
+            (torch.rand(1, 1, 0, 8), torch.zeros(1, 2, 0, 8), "at least 1 sample"),
         ],
     )
     def test_shape_errors(self, image, field, match):
