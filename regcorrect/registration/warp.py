@@ -16,6 +16,7 @@ This is the convention of the official Reg-GAN ``Transformer_2D``, VoxelMorph's
 
 from __future__ import annotations
 
+import math
 from functools import cache
 
 import torch
@@ -76,11 +77,18 @@ def _make_finite(grid: Tensor) -> Tensor | None:
     NaN afterwards with the returned marker, ``(B, 1, *spatial)``: NaN where a position was not
     finite, 0 elsewhere. ``None`` when every position is finite — checked on the CPU by the
     grid's sum (finite unless some position is not; one read pass, ≈ 2 % of a 256² warp); on
-    other devices the marker is always built, so that nothing waits for the device.
+    other devices and under ``torch.compile`` the marker is always built, so that nothing waits
+    for the device and the compiled graph does not break.
     """
-    if grid.device.type == "cpu" and bool(grid.sum().isfinite()):
+    if (
+        grid.device.type == "cpu"
+        and not torch.compiler.is_compiling()  # compiled code: no data-dependent branch
+        and bool(grid.sum().isfinite())
+    ):
         return None
-    marker = grid.sum(-1).mul_(0).unsqueeze(1)  # 0 * (sum of the coordinates): NaN if any is
+    finite = torch.isfinite(grid).all(-1, keepdim=True).movedim(-1, 1)
+    # masked_fill, not 0 * grid: inductor simplifies x * 0 to 0, NaN or not
+    marker = torch.zeros_like(finite, dtype=grid.dtype).masked_fill_(~finite, math.nan)
     grid.nan_to_num_(nan=0.0, posinf=0.0, neginf=0.0)
     return marker
 

@@ -289,6 +289,24 @@ class TestWarp:
         grads[0].sum().backward()  # the image gradient depends on the field: no crash there
         assert field.grad is not None and torch.isfinite(field.grad).all()
 
+    @pytest.mark.slow
+    @pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo on the lru_cache of the grids
+    @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own jit import in dynamo
+    def test_compiles_without_graph_breaks_and_marks_non_finite_positions(self):
+        compiled = torch.compile(warp, fullgraph=True)  # fullgraph: a graph break is an error
+        gen = torch.Generator().manual_seed(8)
+        image = torch.rand(1, 2, 16, 12, generator=gen)
+        field = torch.randn(1, 2, 16, 12, generator=gen)
+        field[0, :, 3, 3] = float("nan")
+        field[0, 1, 5, 5] = float("inf")
+        image_in, field_in = image.clone().requires_grad_(), field.clone().requires_grad_()
+        warped = compiled(image_in, field_in)
+        expected = warp(image, field)
+        assert warped.isnan().equal(expected.isnan()) and warped.isnan().sum() == 4
+        torch.testing.assert_close(warped.nan_to_num(), expected.nan_to_num())
+        warped.nan_to_num().sum().backward()
+        assert field_in.grad.isnan().sum() == 4 and torch.isfinite(image_in.grad).all()
+
     def test_non_finite_displacement_without_autograd(self):
         field = torch.zeros(1, 2, 16, 16)
         field[0, :, 4, 5] = float("nan")
