@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Any
 
 import torch
 from einops import rearrange
@@ -28,6 +29,15 @@ __all__ = [
     "normalized_scales",
     "pixel_to_normalized_scale",
 ]
+
+
+def _cached(function: Any, *args: Any) -> Any:
+    """``function(*args)`` from its ``lru_cache``; while ``torch.compile`` traces, the function
+    itself (dynamo would skip the cache anyway, with a warning; the compiled graph holds the
+    values)."""
+    if torch.compiler.is_compiling():
+        return function.__wrapped__(*args)
+    return function(*args)
 
 
 @lru_cache(maxsize=64)
@@ -62,7 +72,7 @@ def identity_grid(shape: tuple[int, ...], device: torch.device, dtype: torch.dty
         ``(1, H, W, 2)`` with last axis ``(x, y)`` or ``(1, D, H, W, 3)`` with ``(x, y, z)``, in
         normalised coordinates ``[-1, 1]`` (corner-aligned).
     """
-    return _identity_grid(tuple(int(s) for s in shape), torch.device(device), dtype)
+    return _cached(_identity_grid, tuple(int(s) for s in shape), torch.device(device), dtype)
 
 
 @lru_cache(maxsize=64)
@@ -70,7 +80,7 @@ def _identity_axes(
     shape: tuple[int, ...], device: torch.device, dtype: torch.dtype
 ) -> tuple[Tensor, ...]:
     with torch.inference_mode(False), torch.no_grad():
-        grid = _identity_grid(shape, device, dtype)
+        grid = _cached(_identity_grid, shape, device, dtype)
         n = len(shape)
         axes = []
         for i in range(n):  # grid channel i runs along spatial axis n - 1 - i
@@ -95,7 +105,7 @@ def identity_axes(
         ``(1, 1, W)`` and ``(1, H, 1)`` in 2D. Broadcast together they equal
         :func:`identity_grid`, while reading ``H + W`` values instead of ``2·H·W``.
     """
-    return _identity_axes(tuple(int(s) for s in shape), torch.device(device), dtype)
+    return _cached(_identity_axes, tuple(int(s) for s in shape), torch.device(device), dtype)
 
 
 def normalized_scales(shape: tuple[int, ...]) -> tuple[float, ...]:
@@ -122,7 +132,7 @@ def pixel_to_normalized_scale(
     Returns:
         ``(N,)`` tensor of :func:`normalized_scales` (cached per shape, device, dtype).
     """
-    return _scale(tuple(int(s) for s in shape), torch.device(device), dtype)
+    return _cached(_scale, tuple(int(s) for s in shape), torch.device(device), dtype)
 
 
 def _device_and_dtype(
@@ -163,13 +173,15 @@ def centred_coordinates(
     order, pixels flattened in C order. Cached per ``(spatial, device, dtype)``; do not modify
     it in place.
     """
-    return _centred_coordinates(tuple(int(s) for s in spatial), *_device_and_dtype(device, dtype))
+    return _cached(
+        _centred_coordinates, tuple(int(s) for s in spatial), *_device_and_dtype(device, dtype)
+    )
 
 
 @lru_cache(maxsize=64)
 def _moment_basis(shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
     with torch.inference_mode(False), torch.no_grad():
-        coords = _centred_coordinates(shape, device, dtype)
+        coords = _cached(_centred_coordinates, shape, device, dtype)
         n = coords.shape[0]
         columns = [torch.ones_like(coords[0]), *coords]
         columns += [coords[i] * coords[j] for i in range(n) for j in range(i, n)]
@@ -193,4 +205,4 @@ def moment_basis(
     (axis order), so ``M =`` :func:`moment_count` ``(N)`` (6 in 2D, 10 in 3D). Cached per
     ``(spatial, device, dtype)``; do not modify it in place.
     """
-    return _moment_basis(tuple(int(s) for s in spatial), *_device_and_dtype(device, dtype))
+    return _cached(_moment_basis, tuple(int(s) for s in spatial), *_device_and_dtype(device, dtype))

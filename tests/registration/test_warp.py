@@ -290,7 +290,7 @@ class TestWarp:
         assert field.grad is not None and torch.isfinite(field.grad).all()
 
     @pytest.mark.slow
-    @pytest.mark.filterwarnings("ignore::UserWarning")  # dynamo on the lru_cache of the grids
+    @pytest.mark.filterwarnings("error::UserWarning")  # e.g. dynamo skipping the grid caches
     @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's own jit import in dynamo
     def test_compiles_without_graph_breaks_and_marks_non_finite_positions(self):
         compiled = torch.compile(warp, fullgraph=True)  # fullgraph: a graph break is an error
