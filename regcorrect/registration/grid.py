@@ -108,14 +108,19 @@ def identity_axes(
     return _cached(_identity_axes, tuple(int(s) for s in shape), torch.device(device), dtype)
 
 
+@lru_cache(maxsize=256)
+def _normalized_scales(shape: tuple[int, ...]) -> tuple[float, ...]:
+    return tuple(2.0 / (size - 1) if size > 1 else 0.0 for size in reversed(shape))
+
+
 def normalized_scales(shape: tuple[int, ...]) -> tuple[float, ...]:
-    """Pixel -> ``align_corners=True`` normalised factors as Python floats.
+    """Pixel -> ``align_corners=True`` normalised factors as Python floats (cached per shape).
 
     Returns:
         ``2 / (size - 1)`` per axis (0 for an axis of size 1), ordered like ``grid_sample``'s last
         axis (``x, y[, z]``), i.e. the reverse of ``shape``.
     """
-    return tuple(2.0 / (size - 1) if size > 1 else 0.0 for size in reversed(shape))
+    return _cached(_normalized_scales, tuple(shape))
 
 
 @lru_cache(maxsize=64)

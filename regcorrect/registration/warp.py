@@ -17,6 +17,7 @@ This is the convention of the official Reg-GAN ``Transformer_2D``, VoxelMorph's
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from functools import cache
 
 import torch
@@ -83,7 +84,7 @@ def _make_finite(grid: Tensor) -> Tensor | None:
     if (
         grid.device.type == "cpu"
         and not torch.compiler.is_compiling()  # compiled code: no data-dependent branch
-        and bool(grid.sum().isfinite())
+        and math.isfinite(grid.sum().item())
     ):
         return None
     finite = torch.isfinite(grid).all(-1, keepdim=True).movedim(-1, 1)
@@ -292,10 +293,17 @@ def warp(
     sample_mode = "bilinear" if mode == "trilinear" else mode
 
     dtype = _sampling_dtype(image, displacement)
-    with torch.autocast(device_type=image.device.type, enabled=False):
+    device_type = image.device.type
+    # (the checks below skip no-op calls: at small sizes the per-call Python cost is the warp's)
+    outside_autocast = (
+        torch.autocast(device_type=device_type, enabled=False)
+        if _autocast_enabled(device_type)
+        else nullcontext()
+    )
+    with outside_autocast:
         batch = max(batch_image, batch_field)
-        source = image.to(dtype)
-        field = displacement.to(dtype)
+        source = image if image.dtype == dtype else image.to(dtype)
+        field = displacement if displacement.dtype == dtype else displacement.to(dtype)
         if batch_image != batch:
             source = source.expand(batch, *source.shape[1:])
         if batch_field != batch:
@@ -305,7 +313,15 @@ def warp(
             warped = _WarpByField.apply(source, field, interpolation, padding)
         else:
             warped, _ = _sample(source, _field_to_grid(field), interpolation, padding)
-    return warped.to(image.dtype)
+    return warped if warped.dtype == image.dtype else warped.to(image.dtype)
+
+
+def _autocast_enabled(device_type: str) -> bool:
+    """Whether autocast is on for ``device_type`` (torch < 2.4, which cannot say: ``True``)."""
+    try:
+        return bool(torch.is_autocast_enabled(device_type))
+    except TypeError:
+        return True
 
 
 class Warp(nn.Module):
