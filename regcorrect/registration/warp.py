@@ -140,9 +140,8 @@ class _WarpByField(torch.autograd.Function):
                 image, displacement, grad_warped, interpolation, padding, needs_image, needs_field
             )
         n = grid.shape[-1]
-        if (
-            marker is not None
-        ):  # NaN outputs do not depend on the image; their field gradient is NaN
+        if marker is not None:
+            # NaN outputs do not depend on the image; their field gradient is NaN (below)
             grad_warped = grad_warped.masked_fill(marker.isnan(), 0.0)
         grad_image, grad_grid = _SAMPLE_BACKWARD[n](
             grad_warped, image, grid, interpolation, padding, True, [needs_image, needs_field]
