@@ -81,15 +81,16 @@ class DivergenceError(FloatingPointError):
     ) -> None:
         self.step, self.losses, self.checkpoint = step, losses, checkpoint
         terms = ", ".join(f"{name}={value}" for name, value in losses.items())
+        remedy = "a lower learning rate, smaller loss weights or amp: false"
         where = (
-            "no checkpoint of this run holds earlier weights"
+            f"no checkpoint holds earlier weights: restart with {remedy}"
             if checkpoint is None
-            else f"{checkpoint[0]} still holds step {checkpoint[1]}: resume from it"
+            else f"stopped before logging or checkpointing it, so {checkpoint[0]} still holds "
+            f"step {checkpoint[1]}: resume from it with {remedy}"
         )
         super().__init__(
             f"training diverged at step {step}: non-finite loss ({terms or 'on another rank'}); "
-            f"stopped before writing anything, {where} with a lower learning rate, "
-            f"smaller loss weights or amp off"
+            f"{where}"
         )
 
 

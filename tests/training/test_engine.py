@@ -92,7 +92,7 @@ class TestFit:
         assert resumed.step == error.step - 1
 
     def test_divergence_without_a_checkpoint(self) -> None:
-        with pytest.raises(DivergenceError, match="no checkpoint of this run holds earlier"):
+        with pytest.raises(DivergenceError, match="no checkpoint holds earlier weights: restart with a lower"):
             tiny_trainer(None, steps=6, lr=1e20).fit()
 
     def test_non_empty_out_dir_needs_overwrite(self, tmp_path) -> None:
