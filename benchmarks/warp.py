@@ -13,6 +13,10 @@ image and the field:
 * ``unfused conversion (before)`` — the conversion ``regcorrect.warp`` used before it became one
   autograd node (flip, move channels last, scale, add the identity grid, each op replayed by
   autograd), kept to show what the fused node saves.
+* ``Python node, no conversion`` — ``grid_sample`` on the precomputed grid inside a minimal
+  ``torch.autograd.Function`` (the sampler and its backward, nothing else): the floor of any
+  warp written in Python around ``grid_sample``, i.e. what the per-call cost of a Python
+  autograd node alone adds to the baseline (a diagnostic, not a way to warp a pixel field).
 
 Before timing, the outputs and the gradients (converted to the displacement's units) of every
 candidate are checked against ``regcorrect.warp``.
@@ -53,6 +57,29 @@ except ImportError:
 
 BASELINE = "grid_sample"
 UNFUSED = "unfused conversion (before)"
+PYTHON_NODE = "Python node, no conversion"
+
+
+class _SamplerNode(torch.autograd.Function):
+    """Bilinear, border, corner-aligned ``grid_sample`` as a bare Python autograd node."""
+
+    @staticmethod
+    def forward(ctx, image: Tensor, grid: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(image, grid)
+        sample = (
+            torch.ops.aten.grid_sampler_2d if grid.ndim == 4 else torch.ops.aten.grid_sampler_3d
+        )
+        return sample(image, grid, 0, 1, True)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        image, grid = ctx.saved_tensors
+        backward = (
+            torch.ops.aten.grid_sampler_2d_backward
+            if grid.ndim == 4
+            else torch.ops.aten.grid_sampler_3d_backward
+        )
+        return tuple(backward(grad, image, grid, 0, 1, True, [True, True]))
 
 
 def unfused_warp(image: Tensor, displacement: Tensor) -> Tensor:
@@ -116,6 +143,7 @@ def _make_candidates(
         BASELINE: run(raw_grid_sample, grid_leaf),
         "regcorrect.warp": run(lambda: warp(image_leaf, field_leaf), field_leaf),
         UNFUSED: run(lambda: unfused_warp(image_leaf, field_leaf), field_leaf),
+        PYTHON_NODE: run(lambda: _SamplerNode.apply(image_leaf, grid_leaf), grid_leaf),
     }
     if remap is not None and n == 2:
         axes = torch.meshgrid(
@@ -144,7 +172,7 @@ def _make_candidates(
         d_field = rearrange(d_grid * scale, "b ... n -> b n ...").flip(1)
         return output, d_image, d_field
 
-    converters = {BASELINE: grid_to_field_grad}
+    converters = {BASELINE: grid_to_field_grad, PYTHON_NODE: grid_to_field_grad}
     return candidates, converters
 
 
@@ -188,7 +216,7 @@ def benchmark(
     base = median(samples[BASELINE])
     label = "1×1×" + "×".join(str(s) for s in shape)
     rows = []
-    for name in (BASELINE, "regcorrect.warp", "kornia remap", "MONAI Warp", UNFUSED):
+    for name in (BASELINE, "regcorrect.warp", "kornia remap", "MONAI Warp", UNFUSED, PYTHON_NODE):
         if name not in samples:
             reason = "2D only" if name == "kornia remap" else "not installed"
             rows.append([label, name, "—", "—", "—", reason])
