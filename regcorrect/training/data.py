@@ -144,7 +144,23 @@ def load_training_data(config: TrainingConfig) -> TrainingData:
             f"test slices {test.image_size} and training slices {train.image_size} differ in "
             "size; set size in the config"
         )
+    if config.image_size is None:
+        padded = network_size(train.image_size, config)
+        if padded != train.image_size:
+            train = pad_or_crop_pairs(train, size=padded)
+            test = pad_or_crop_pairs(test, size=padded)
     return TrainingData(train=train, test=test, spacing_known=known)
+
+
+def network_size(size: tuple[int, int], config: TrainingConfig) -> tuple[int, int]:
+    """``size`` rounded up to what the generators take: multiples of ``2**num_downsamplings``
+    (the backbone option, 2 by default: multiples of 4). ``Trainer`` centre-pads its slices to
+    it with background when the config gives no ``size``; a translated volume is cropped back.
+    """
+    depth = config.backbone.get("num_downsamplings", 2)
+    valid = isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth <= 8
+    multiple = 2**depth if valid else 4  # an invalid value: the backbone's own error follows
+    return (-(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple)
 
 
 class StepSampler:

@@ -23,6 +23,7 @@ from regcorrect.training import (
     load_training_data,
     read_csv_log,
 )
+from regcorrect.training.data import network_size
 from regcorrect.training.inference import translate_slices
 
 from .helpers import tiny_config, tiny_data, tiny_resume, tiny_trainer
@@ -92,7 +93,9 @@ class TestFit:
         assert resumed.step == error.step - 1
 
     def test_divergence_without_a_checkpoint(self) -> None:
-        with pytest.raises(DivergenceError, match="no checkpoint holds earlier weights: restart with a lower"):
+        with pytest.raises(
+            DivergenceError, match="no checkpoint holds earlier weights: restart with a lower"
+        ):
             tiny_trainer(None, steps=6, lr=1e20).fit()
 
     def test_non_empty_out_dir_needs_overwrite(self, tmp_path) -> None:
@@ -242,6 +245,31 @@ class TestData:
         data = load_training_data(config)
         assert (len(data.train), len(data.test)) == (3, 1)  # the 2 empty slices are skipped
         assert data.train.source.min() == -1 and data.train.source.max() <= 1
+
+    def test_odd_slices_are_padded_to_what_the_generators_take(self, tmp_path) -> None:
+        rng = np.random.default_rng(1)
+        volume = np.zeros((37, 51, 6), dtype=np.float32)
+        volume[5:31, 6:45, 1:5] = rng.uniform(1, 100, (26, 39, 4))
+        for name in ("t1.nii.gz", "t2.nii.gz"):
+            nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / name)
+        files = [str(tmp_path / "t1.nii.gz"), str(tmp_path / "t2.nii.gz")]
+        config = tiny_config(None, data=files, spacing=None, size=None, test_fraction=0.25)
+        data = load_training_data(config)
+        # slices along the last axis are 51 x 37; padded to multiples of 4
+        assert data.train.image_size == data.test.image_size == (52, 40)
+        # centre-padded with background (the odd row / column at the bottom / right)
+        raw = load_training_data(tiny_config(None, data=files, spacing=None, size=[51, 37]))
+        torch.testing.assert_close(data.train.source[:, :, :51, 1:38], raw.train.source)
+        torch.testing.assert_close(data.test.target[:, :, :51, 1:38], raw.test.target)
+        margin = torch.ones(52, 40, dtype=torch.bool)
+        margin[:51, 1:38] = False
+        assert (data.train.source[:, :, margin] == -1).all()
+        trainer = Trainer(config, data=data, progress=False)
+        assert trainer.image_size == (52, 40)
+        trainer.fit(until=1)  # 51 x 37 slices would fail in the generator
+        deeper = tiny_config(None, data=files, spacing=None, backbone={"num_downsamplings": 3})
+        assert network_size((37, 51), deeper) == (40, 56)
+        assert network_size((36, 52), config) == (36, 52)
 
     @pytest.mark.parametrize(
         ("source", "match"),
