@@ -361,7 +361,8 @@ def _translate(args: argparse.Namespace) -> int:
     volume = torch.where(foreground, (translated + 1.0) / 2.0, torch.zeros_like(translated))
     write_nifti_like(volume, args.input, output, axis=axis)
     print(
-        f"translated {volume.shape[0]} slices (axis {axis}) with {config.method} "
+        f"translated {volume.shape[0]} slice{'' if volume.shape[0] == 1 else 's'} "
+        f"(axis {axis}) with {config.method} "
         f"{config.mode.upper()} -> {output}"
     )
     return 0
