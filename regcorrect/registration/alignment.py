@@ -263,9 +263,11 @@ def moment_alignment(
         shift = centre_f - (linear @ centre_m[:, :, None])[..., 0]
         shift = torch.where(valid[:, None], shift, torch.zeros_like(shift))
         if refine_steps:
-            linear, shift = _refine(
-                moving_weights, fixed_weights, linear, shift, coords, refine_steps
-            )
+            refined = _refine(moving_weights, fixed_weights, linear, shift, coords, refine_steps)
+            # no moments (an image without foreground): the identity stays — refining would
+            # shrink the other image's foreground towards the empty one
+            linear = torch.where(valid[:, None, None], refined[0], linear)
+            shift = torch.where(valid[:, None], refined[1], shift)
         # q_fixed = linear q_moving + shift on centred axis-order coordinates; to plain pixel
         # coordinates (centre o): p_fixed = linear p_moving + shift + o - linear o
         origin = torch.tensor([(size - 1) / 2.0 for size in spatial], dtype=dtype)

@@ -194,6 +194,21 @@ class TestMomentAlignment:
         torch.testing.assert_close(moment_alignment(empty, image), identity)
         torch.testing.assert_close(moment_alignment(image, empty), identity)
         torch.testing.assert_close(moment_alignment(empty, empty, refine_steps=3), identity)
+        # refinement keeps it too (it used to shrink the image towards the empty one), and a
+        # batch mixing empty and non-empty items refines only the latter
+        for weights in ("intensity", "foreground"):
+            for pair in ((image, empty), (empty, image)):
+                refined = moment_alignment(*pair, weights=weights, refine_steps=3)
+                torch.testing.assert_close(refined, identity)
+        shifted = torch.roll(image[:1], shifts=(2, 1), dims=(2, 3))
+        mixed = moment_alignment(
+            torch.cat([image[:1], image[:1]]), torch.cat([shifted, empty[:1]]), refine_steps=3
+        )
+        torch.testing.assert_close(mixed[1], identity[0])
+        torch.testing.assert_close(
+            mixed[0], moment_alignment(image[:1], shifted, refine_steps=3)[0]
+        )
+        assert (mixed[0, :, 2] - torch.tensor([1.0, 2.0])).abs().max() < 0.5  # (x, y) shift
 
     def test_batch_items_are_independent_and_channels_sum(self) -> None:
         generator = torch.Generator().manual_seed(0)
