@@ -28,6 +28,7 @@ from ..data import (
     resample_pairs,
 )
 from .config import TrainingConfig
+from .inference import _round_up
 
 __all__ = ["TrainingData", "load_training_data", "load_pairs", "StepSampler", "MIN_FOREGROUND"]
 
@@ -160,7 +161,7 @@ def network_size(size: tuple[int, int], config: TrainingConfig) -> tuple[int, in
     depth = config.backbone.get("num_downsamplings", 2)
     valid = isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth <= 8
     multiple = 2**depth if valid else 4  # an invalid value: the backbone's own error follows
-    return (-(-size[0] // multiple) * multiple, -(-size[1] // multiple) * multiple)
+    return (_round_up(size[0], multiple), _round_up(size[1], multiple))
 
 
 class StepSampler:
