@@ -412,16 +412,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
-    except FloatingPointError as error:  # regcorrect.training.DivergenceError
+    except (FloatingPointError, _UserError, ValueError, OSError) as error:
         if os.environ.get("REGCORRECT_DEBUG"):
             raise
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
-        return 1
-    except (_UserError, ValueError, OSError) as error:
-        if os.environ.get("REGCORRECT_DEBUG"):
-            raise
-        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
-        return 2
+        # a diverged run (regcorrect.training.DivergenceError) is 1, a user error 2
+        return 1 if isinstance(error, FloatingPointError) else 2
 
 
 if __name__ == "__main__":
