@@ -442,6 +442,7 @@ class Trainer:
         except DivergenceError:
             bar.close()
             self.seconds += time.perf_counter() - started
+            self._close_logger()
             raise
         except KeyboardInterrupt:
             bar.close()
@@ -469,7 +470,6 @@ class Trainer:
         """Raise :class:`DivergenceError` when a loss of this step is not finite on any rank."""
         bad = {name: value for name, value in losses.items() if not math.isfinite(value)}
         if any_rank(bool(bad), self.context):
-            self._close_logger()
             raise DivergenceError(self.step, bad, self._checkpoint)
 
     def _timed_save(self, started: float) -> None:
