@@ -7,6 +7,7 @@ expected and the received value, instead of an error from deep inside torch.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -23,6 +24,7 @@ __all__ = [
     "check_same_batch_and_spatial",
     "check_choice",
     "check_positive",
+    "check_spatial_shape",
 ]
 
 
@@ -128,10 +130,11 @@ def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
         raise ValueError(f"{name} must be one of {list(choices)!r}, got {value!r}")
 
 
-def check_count(value: object, name: str) -> int:
-    """``value`` if it is an ``int >= 0`` (not a bool), else ``ValueError`` naming ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+def check_count(value: object, name: str, *, minimum: int = 0) -> int:
+    """``value`` if it is an ``int >= minimum`` (not a bool), else ``ValueError`` naming
+    ``name``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
     return value
 
 
@@ -141,3 +144,29 @@ def check_positive(value: float, name: str, *, strict: bool = True) -> None:
     if not ok:
         sign = "> 0" if strict else ">= 0"
         raise ValueError(f"{name} must be {sign}, got {value!r}")
+
+
+def check_spatial_shape(
+    value: object, name: str, spatial_dims: int | None = None, hint: str = ""
+) -> tuple[int, ...]:
+    """``value`` as a tuple of ints ``>= 1`` (a spatial shape such as ``(H, W)``), with
+    ``spatial_dims`` entries if given; else ``TypeError`` / ``ValueError`` naming ``name``."""
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise TypeError(
+            f"{name} must be a sequence of ints such as (H, W) or (D, H, W), got {value!r}"
+        )
+    try:
+        shape = tuple(
+            operator.index(size) if not isinstance(size, bool) else None for size in value
+        )
+    except TypeError:
+        shape = (None,)
+    if None in shape:
+        raise TypeError(f"{name} must hold ints, got {tuple(value)!r}")
+    if spatial_dims is not None and len(shape) != spatial_dims:
+        raise ValueError(
+            f"{name} must have {spatial_dims} entries{hint}, got {len(shape)}: {shape}"
+        )
+    if not shape or min(shape) < 1:
+        raise ValueError(f"{name} must hold sizes >= 1, got {shape}")
+    return shape

@@ -44,6 +44,7 @@ from .._checks import (
     check_same_batch_and_spatial,
     check_same_device,
 )
+from .._precision import without_autocast
 from .grid import centred_coordinates, centring_half
 from .warp import warp
 
@@ -245,7 +246,7 @@ def moment_alignment(
     dtype = torch.float64 if torch.float64 in (moving.dtype, fixed.dtype) else torch.float32
     spatial = tuple(moving.shape[2:])
     n = len(spatial)
-    with torch.no_grad(), torch.autocast(device_type=moving.device.type, enabled=False):
+    with torch.no_grad(), without_autocast(moving.device.type):
         coords = centred_coordinates(spatial, device=moving.device, dtype=dtype)
         coords = coords * centring_half(spatial)
         moving_weights = _weights(moving.to(dtype), float(background), weights, foreground_ramp)

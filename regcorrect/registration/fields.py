@@ -7,11 +7,22 @@ pixel units, channels in axis order (``(dy, dx)`` / ``(dz, dy, dx)``), backward 
 
 from __future__ import annotations
 
+import math
+
 import torch
 from einops import rearrange
 from torch import Tensor
 
-from .._checks import check_displacement, check_float, check_rank, check_same_device
+from .._checks import (
+    check_displacement,
+    check_finite,
+    check_float,
+    check_rank,
+    check_same_device,
+    check_spatial_shape,
+    check_tensor,
+)
+from .._precision import without_autocast
 from .warp import warp
 
 __all__ = [
@@ -146,7 +157,9 @@ def jacobian_determinant(displacement: Tensor) -> Tensor:
         displacement: ``(B, 2, H, W)`` or ``(B, 3, D, H, W)``, library convention.
 
     Returns:
-        ``(B, *spatial)``; 1 for the identity, ``<= 0`` where the mapping folds.
+        ``(B, *spatial)`` in the dtype of ``displacement`` (half precision is computed in
+        float32); 1 for the identity, ``<= 0`` where the mapping folds, NaN next to a
+        non-finite displacement.
 
     Example:
         >>> jacobian_determinant(torch.zeros(1, 2, 5, 5)).unique()
@@ -158,9 +171,11 @@ def jacobian_determinant(displacement: Tensor) -> Tensor:
             "displacement needs at least 2 samples along each spatial axis to differentiate, "
             f"got shape {tuple(displacement.shape)}"
         )
-    jac = _spatial_gradients(displacement)
-    eye = torch.eye(n, device=displacement.device, dtype=displacement.dtype)
-    return torch.linalg.det(jac + eye)
+    dtype = torch.promote_types(displacement.dtype, torch.float32)  # half: float32 inside
+    with without_autocast(displacement.device.type):
+        jac = _spatial_gradients(displacement.to(dtype))
+        eye = torch.eye(n, device=displacement.device, dtype=dtype)
+        return torch.linalg.det(jac + eye).to(displacement.dtype)
 
 
 def folding_fraction(displacement: Tensor, mask: Tensor | None = None) -> Tensor:
@@ -168,28 +183,35 @@ def folding_fraction(displacement: Tensor, mask: Tensor | None = None) -> Tensor
 
     Args:
         displacement: ``(B, N, *spatial)``, library convention.
-        mask: optional boolean ``(B, *spatial)`` or ``(B, 1, *spatial)``; only pixels where it
-            is true count.
+        mask: optional boolean ``(B, *spatial)`` or ``(B, 1, *spatial)`` (a numeric mask counts
+            where it is non-zero); only pixels where it is true count.
 
     Returns:
-        ``(B,)`` fractions in ``[0, 1]``.
+        ``(B,)`` fractions in ``[0, 1]``; NaN for a sample whose determinant is NaN at a
+        counted pixel (a non-finite displacement: whether it folds is unknown).
 
     Example:
         >>> folding_fraction(torch.zeros(2, 2, 8, 8))
         tensor([0., 0.])
     """
+    if mask is not None:
+        check_tensor(mask, "mask")
+        check_same_device(displacement=displacement, mask=mask)
     det = jacobian_determinant(displacement)
-    folded = (det <= 0).to(det.dtype)
+    dtype = torch.promote_types(det.dtype, torch.float32)
+    folded = (det <= 0).to(dtype).masked_fill(det.isnan(), math.nan)
     if mask is None:
-        return folded.flatten(1).mean(dim=1)
-    if mask.ndim == det.ndim + 1:
+        return folded.flatten(1).mean(dim=1).to(det.dtype)
+    if mask.ndim == det.ndim + 1 and mask.shape[1] == 1:
         mask = mask.squeeze(1)
     if mask.shape != det.shape:
         raise ValueError(
-            f"mask must have shape {tuple(det.shape)} or (B, 1, *spatial), got {tuple(mask.shape)}"
+            f"mask must have shape {tuple(det.shape)} or {(det.shape[0], 1, *det.shape[1:])}, "
+            f"got {tuple(mask.shape)}"
         )
-    weights = mask.to(det.dtype)
-    return (folded * weights).flatten(1).sum(1) / weights.flatten(1).sum(1).clamp_min(1.0)
+    counted = mask if mask.dtype == torch.bool else mask != 0
+    folded_counted = torch.where(counted, folded, 0.0).flatten(1).sum(1)
+    return (folded_counted / counted.flatten(1).sum(1).clamp_min(1)).to(det.dtype)
 
 
 def affine_to_displacement(matrix: Tensor, spatial_shape: tuple[int, ...]) -> Tensor:
@@ -208,7 +230,8 @@ def affine_to_displacement(matrix: Tensor, spatial_shape: tuple[int, ...]) -> Te
 
     Returns:
         ``(B, 2, H, W)`` with ``(dy, dx)`` or ``(B, 3, D, H, W)`` with ``(dz, dy, dx)``, in the
-        matrix's dtype (float32 for integer matrices).
+        matrix's dtype (float32 for integer matrices; half precision and autocast are computed
+        in float32).
 
     Example:
         >>> shift = torch.tensor([[1.0, 0.0, 3.0], [0.0, 1.0, 0.0]])  # move content 3 px right
@@ -216,8 +239,8 @@ def affine_to_displacement(matrix: Tensor, spatial_shape: tuple[int, ...]) -> Te
         tensor([ 0., -3.])
     """
     check_rank(matrix, "matrix", (2, 3), "(B, 2, 3) or (B, 3, 4)")
-    if not matrix.is_floating_point():
-        matrix = matrix.float()
+    if not (matrix.is_floating_point() or matrix.is_complex()):
+        matrix = matrix.float()  # integer matrices
     check_float(matrix, "matrix")
     if matrix.ndim == 2:
         matrix = matrix.unsqueeze(0)
@@ -226,11 +249,20 @@ def affine_to_displacement(matrix: Tensor, spatial_shape: tuple[int, ...]) -> Te
         raise ValueError(
             f"matrix must have shape (B, 2, 3) or (B, 3, 4), got {tuple(matrix.shape)}"
         )
-    shape = tuple(int(s) for s in spatial_shape)
-    if len(shape) != n:
-        raise ValueError(
-            f"spatial_shape must have {n} entries for a {tuple(matrix.shape[1:])} matrix, got {shape}"
-        )
+    shape = check_spatial_shape(
+        spatial_shape, "spatial_shape", n, f" for a {tuple(matrix.shape[1:])} matrix"
+    )
+    check_finite(matrix, "matrix")
+    # float32 at least (half precision cannot invert) and autocast off: a bfloat16 product
+    # would put the field up to a pixel off at 256 px
+    with without_autocast(matrix.device.type):
+        field = _affine_field(matrix.to(torch.promote_types(matrix.dtype, torch.float32)), shape)
+    return field.to(matrix.dtype)
+
+
+def _affine_field(matrix: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """:func:`affine_to_displacement` of a checked ``(B, N, N + 1)`` matrix."""
+    n = matrix.shape[1]
     dtype = matrix.dtype
     square = torch.zeros(matrix.shape[0], n + 1, n + 1, device=matrix.device, dtype=dtype)
     square[:, :n, :] = matrix

@@ -44,12 +44,14 @@ from torch import Tensor, nn
 
 from .._checks import (
     check_choice,
+    check_count,
     check_displacement,
     check_float,
     check_rank,
     check_same_device,
     check_spatial_dims,
 )
+from .._precision import autocast_enabled, without_autocast
 from .alignment import moment_alignment
 from .fields import compose, integrate_velocity
 from .grid import centred_coordinates, centring_half, moment_basis, moment_count
@@ -251,6 +253,10 @@ class RegUNet(nn.Module):
     ) -> None:
         super().__init__()
         check_spatial_dims(spatial_dims)
+        check_count(in_channels, "in_channels", minimum=1)
+        check_count(bottleneck_blocks, "bottleneck_blocks")
+        check_count(integration_steps, "integration_steps")
+        check_count(min_bottleneck, "min_bottleneck", minimum=1)
         channels = tuple(int(c) for c in channels)
         self.min_bottleneck = min_bottleneck
         if image_size is not None:
@@ -261,8 +267,6 @@ class RegUNet(nn.Module):
             channels = channels[: max(2, self._fit(image_size))]
         if len(channels) < 2 or min(channels) < 1:
             raise ValueError(f"channels must list >= 2 positive widths, got {channels!r}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be >= 1, got {in_channels!r}")
         check_choice(affine_features, "affine_features", AFFINE_FEATURES)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -403,7 +407,7 @@ class RegUNet(nn.Module):
         weight = next(self.parameters())
         check_same_device(x=x, weights=weight)
         allowed = {weight.dtype}
-        if torch.is_autocast_enabled(x.device.type):  # autocast casts these for the convolutions
+        if autocast_enabled(x.device.type):  # autocast casts these for the convolutions
             allowed |= {torch.float32, torch.bfloat16, torch.float16}
         if x.dtype not in allowed:
             raise TypeError(
@@ -418,12 +422,17 @@ class RegUNet(nn.Module):
             )
 
     def _affine_field(self, theta: Tensor, spatial: Sequence[int]) -> Tensor:
-        """Displacement of ``theta`` ``(B, N, N+1)`` on centred, isotropically scaled coords."""
+        """Displacement of ``theta`` ``(B, N, N+1)`` on centred, isotropically scaled coords.
+
+        Computed in ``theta``'s dtype (at least float32) with autocast off: a bfloat16 product
+        would round the field to about 1/256 of the image size."""
         n = self.spatial_dims
         half = centring_half(spatial)
-        coords = centred_coordinates(spatial, device=theta.device, dtype=theta.dtype)
-        field = theta[:, :, :n] @ coords + theta[:, :, n:]  # (B, N, P), normalised units
-        return (field * half).reshape(theta.shape[0], n, *spatial)
+        theta = theta.to(torch.promote_types(theta.dtype, torch.float32))
+        with without_autocast(theta.device.type):
+            coords = centred_coordinates(spatial, device=theta.device, dtype=theta.dtype)
+            field = theta[:, :, :n] @ coords + theta[:, :, n:]  # (B, N, P), normalised units
+            return (field * half).reshape(theta.shape[0], n, *spatial)
 
     @staticmethod
     def _moments(levels: Sequence[Tensor]) -> list[Tensor]:
@@ -516,6 +525,10 @@ class RegUNet(nn.Module):
 
     def _moment_fields(self, moving: Tensor, fixed: Tensor) -> RegistrationFields:
         """The moment alignment of ``moving`` onto ``fixed`` as fields (no gradient)."""
+        with without_autocast(moving.device.type):  # float32 matrices, also under autocast
+            return self._moment_fields_float(moving, fixed)
+
+    def _moment_fields_float(self, moving: Tensor, fixed: Tensor) -> RegistrationFields:
         spatial = tuple(moving.shape[2:])
         matrix = moment_alignment(moving, fixed)  # kornia convention: (x, y[, z]), moving -> fixed
         forward, shift = matrix[:, :, :-1].flip(1, 2), matrix[:, :, -1].flip(1)  # axis order
@@ -571,7 +584,7 @@ class RegUNet(nn.Module):
             return RegistrationFields(displacement=residual, residual=residual)
         theta = rearrange(self.affine_head(pooled), "b (n k) -> b n k", n=self.spatial_dims)
         theta = theta.to(torch.promote_types(theta.dtype, torch.float32))  # half -> float32 only
-        affine_field = self._affine_field(theta, spatial).to(residual.dtype)
+        affine_field = self._affine_field(theta, spatial)  # float32 also under autocast
         if self.diffeomorphic:
             displacement = compose(affine_field, residual)
         else:

@@ -17,7 +17,6 @@ This is the convention of the official Reg-GAN ``Transformer_2D``, VoxelMorph's
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from functools import cache
 
 import torch
@@ -31,6 +30,7 @@ from .._checks import (
     check_rank,
     check_same_device,
 )
+from .._precision import without_autocast
 from .grid import identity_axes, identity_grid, normalized_scales, pixel_to_normalized_scale
 
 __all__ = ["warp", "Warp", "WARP_MODES", "PADDING_MODES"]
@@ -250,10 +250,11 @@ def warp(
     Convention:
         Pixel units, channel order = axis order, backward mapping, ``align_corners=True``.
         Unlike ``kornia.geometry.transform.remap`` with its default ``align_corners=False``
-        (kornia issue 4504), a zero field is exactly the identity. The identity grid is cached
-        per (shape, device, dtype); the field -> grid conversion and its gradient are one pass per
-        channel (a single autograd node around ``grid_sample``), so the warp costs little more than
-        ``grid_sample`` itself (``docs/results/warp.md``). Double backward (``create_graph=True``)
+        (kornia issue 4504), a zero field is the identity, up to float rounding of the sampling
+        positions (at most 4e-6 px at 256 px in float32). The identity grid is cached per
+        (shape, device, dtype); the field -> grid conversion and its gradient are one pass per
+        channel (a single autograd node around ``grid_sample``), so the warp costs little more
+        than ``grid_sample`` itself (``docs/results/warp.md``). Double backward (``create_graph=True``)
         is supported where torch's ``grid_sample`` can be differentiated twice (torch 2.13, not
         2.11: a ``NotImplementedError`` then): that backward is recomputed from differentiable
         ops. ``image`` and ``displacement`` must be on one device. Where the displacement is
@@ -294,12 +295,7 @@ def warp(
     dtype = _sampling_dtype(image, displacement)
     device_type = image.device.type
     # (the checks below skip no-op calls: at small sizes the per-call Python cost is the warp's)
-    outside_autocast = (
-        torch.autocast(device_type=device_type, enabled=False)
-        if _autocast_enabled(device_type)
-        else nullcontext()
-    )
-    with outside_autocast:
+    with without_autocast(device_type):
         batch = max(batch_image, batch_field)
         source = image if image.dtype == dtype else image.to(dtype)
         field = displacement if displacement.dtype == dtype else displacement.to(dtype)
@@ -313,14 +309,6 @@ def warp(
         else:
             warped, _ = _sample(source, _field_to_grid(field), interpolation, padding)
     return warped if warped.dtype == image.dtype else warped.to(image.dtype)
-
-
-def _autocast_enabled(device_type: str) -> bool:
-    """Whether autocast is on for ``device_type`` (torch < 2.4, which cannot say: ``True``)."""
-    try:
-        return bool(torch.is_autocast_enabled(device_type))
-    except TypeError:
-        return True
 
 
 class Warp(nn.Module):

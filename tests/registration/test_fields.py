@@ -276,6 +276,31 @@ class TestJacobian:
             jacobian_determinant(torch.zeros(1, 2, 1, 5))
         with pytest.raises(ValueError, match="mask"):
             folding_fraction(torch.zeros(1, 2, 4, 4), torch.ones(1, 5, 5, dtype=torch.bool))
+        with pytest.raises(TypeError, match="mask must be a torch.Tensor"):
+            folding_fraction(torch.zeros(1, 2, 4, 4), [[True]])
+        with pytest.raises(ValueError, match="mask on meta"):
+            folding_fraction(torch.zeros(1, 2, 4, 4), torch.ones(1, 4, 4, device="meta"))
+
+    @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+    @pytest.mark.parametrize("dims", [2, 3])
+    def test_half_precision_is_computed_in_float32(self, dtype, dims):
+        shape = (9, 10) if dims == 2 else (6, 7, 8)
+        u = smooth_field(shape, 2.0, 0).to(dtype)
+        det = jacobian_determinant(u)
+        assert det.dtype == dtype
+        torch.testing.assert_close(det, jacobian_determinant(u.double()).to(dtype))
+        assert folding_fraction(u).dtype == dtype
+
+    def test_non_finite_field_gives_nan_fraction(self):
+        u = torch.zeros(2, 2, 8, 8)
+        u[1, 0, 3, 3] = math.nan  # NaN det around it: folding unknown, not 0
+        fraction = folding_fraction(u)
+        assert fraction[0] == 0 and fraction[1].isnan()
+        mask = torch.zeros(2, 8, 8)
+        mask[:, 6:] = 1.0  # a numeric mask counts where non-zero; the NaNs lie outside it
+        assert torch.equal(folding_fraction(u, mask), torch.zeros(2))
+        mask[:, 3] = 1.0
+        assert folding_fraction(u, mask)[1].isnan()
 
 
 class TestAffineToDisplacement:
@@ -322,3 +347,51 @@ class TestAffineToDisplacement:
         collapsed = torch.stack([torch.eye(3)[:2], torch.tensor([[1.0, 2, 0], [0.5, 1, 0]])])
         with pytest.raises(ValueError, match=r"invertible.*batch index \[1\]"):
             affine_to_displacement(collapsed, (4, 4))
+        not_finite = torch.eye(3)[:2].clone()
+        not_finite[0, 2] = math.nan
+        with pytest.raises(ValueError, match="matrix must be finite"):
+            affine_to_displacement(not_finite, (4, 4))
+        with pytest.raises(TypeError, match="matrix must be a floating-point"):
+            affine_to_displacement(torch.eye(3)[:2].to(torch.complex64), (4, 4))
+
+    @pytest.mark.parametrize(
+        ("spatial_shape", "error", "message"),
+        [
+            (8, TypeError, "spatial_shape must be a sequence"),
+            ("88", TypeError, "spatial_shape must be a sequence"),
+            ((8.7, 8), TypeError, "spatial_shape must hold ints"),
+            ((True, 8), TypeError, "spatial_shape must hold ints"),
+            ((-1, 8), ValueError, "sizes >= 1"),
+            ((0, 8), ValueError, "sizes >= 1"),
+        ],
+    )
+    def test_spatial_shape_errors(self, spatial_shape, error, message):
+        with pytest.raises(error, match=message):
+            affine_to_displacement(torch.eye(3)[:2], spatial_shape)
+
+    def test_spatial_shape_accepts_size_and_numpy_ints(self):
+        expected = affine_to_displacement(torch.eye(3)[:2], (3, 5))
+        for shape in (torch.Size([3, 5]), [np.int64(3), np.int64(5)]):
+            assert torch.equal(affine_to_displacement(torch.eye(3)[:2], shape), expected)
+
+    @pytest.mark.parametrize("dims", [2, 3])
+    def test_autocast_and_half_precision_keep_float32_accuracy(self, dims):
+        angle = math.radians(5)
+        rotation = [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]]
+        if dims == 2:
+            matrix = torch.tensor([[*rotation[0], 3.0], [*rotation[1], -2.0]])
+            shape = (128, 128)
+        else:
+            matrix = torch.tensor(
+                [[*rotation[0], 0.0, 3.0], [*rotation[1], 0.0, -2.0], [0.0, 0.0, 1.0, 1.0]]
+            )
+            shape = (24, 48, 48)
+        expected = affine_to_displacement(matrix.double(), shape)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            under_autocast = affine_to_displacement(matrix, shape)
+        assert under_autocast.dtype == torch.float32
+        # a bfloat16 product was up to 0.5 px off here
+        torch.testing.assert_close(under_autocast.double(), expected, atol=1e-4, rtol=0)
+        half = affine_to_displacement(matrix.half(), shape)
+        assert half.dtype == torch.float16
+        torch.testing.assert_close(half.double(), expected, atol=0.05, rtol=1e-3)

@@ -192,6 +192,15 @@ class TestRegUNet:
             RegUNet(channels=(8,))
         with pytest.raises(ValueError, match="in_channels"):
             RegUNet(in_channels=0)
+        for name, value in [
+            ("in_channels", 2.5),
+            ("bottleneck_blocks", -1),
+            ("integration_steps", -1),
+            ("min_bottleneck", 0),
+            ("min_bottleneck", -1),
+        ]:
+            with pytest.raises(ValueError, match=f"{name} must be an int >= .*got {value}"):
+                RegUNet(channels=SMALL, **{name: value})
         with pytest.raises(ValueError, match="image_size must have 2 entries"):
             RegUNet(image_size=(32, 32, 32))
         trimmed = RegUNet(channels=(8, 16, 32, 64), image_size=(32, 32))
@@ -283,6 +292,15 @@ class TestRegUNet:
         assert fields.affine.dtype == torch.float32
         assert fields.displacement.shape == (2, 2, 32, 32)
         assert bool(torch.isfinite(fields.displacement).all())
+
+    def test_affine_field_stays_float32_under_autocast(self):
+        net = RegUNet(channels=SMALL, affine=True)
+        theta = torch.tensor([[[0.087, -0.004, 0.06], [0.004, 0.087, -0.03]]])
+        expected = net._affine_field(theta.double(), (128, 96))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            field = net._affine_field(theta, (128, 96))
+        assert field.dtype == torch.float32
+        torch.testing.assert_close(field.double(), expected, atol=1e-4, rtol=0)  # bf16: 0.03 px
 
 
 class TestAffineFeatures:

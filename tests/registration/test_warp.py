@@ -113,6 +113,11 @@ class TestWarp:
         assert out.dtype == torch.float32
         torch.testing.assert_close(out, warp(image, field))
 
+    def test_meta_device_gives_shapes(self):
+        # e.g. for shape inference; autocast has no meta device type
+        out = warp(torch.empty(2, 3, 6, 7, device="meta"), torch.empty(1, 2, 6, 7, device="meta"))
+        assert out.shape == (2, 3, 6, 7) and out.device.type == "meta"
+
     def test_gradcheck(self):
         image = torch.rand(1, 2, 5, 6, dtype=torch.float64, requires_grad=True)
         # Keep samples away from pixel borders where bilinear interpolation is not differentiable.
