@@ -18,10 +18,12 @@ from torch import Tensor, nn
 
 from ._checks import (
     check_choice,
+    check_finite,
     check_float,
     check_positive,
     check_rank,
     check_same_batch_and_spatial,
+    check_tensor,
 )
 from .losses.adversarial import GAN_MODES, discriminator_loss, generator_loss
 from .losses.centering import CenteredCorrection, target_foreground
@@ -359,8 +361,14 @@ class RegistrationCorrection(nn.Module):
         Returns:
             Floats: ``correction``, ``smoothness``, ``adversarial`` and ``discriminator`` (when a
             discriminator is given), and ``total`` (the generator side).
+
+        Raises:
+            ValueError: a NaN or infinite value in ``source`` or ``target``, before any update
+                (one such pixel would turn the weights of G, R and D into NaN).
         """
         check_choice(gan_mode, "gan_mode", GAN_MODES)
+        check_finite(check_tensor(source, "source"), "source")
+        check_finite(check_tensor(target, "target"), "target")
         if (discriminator is None) != (optimizer_d is None):
             raise ValueError("discriminator and optimizer_d must be given together")
         optimizers = [optimizer_g] + ([optimizer_r] if optimizer_r is not None else [])

@@ -21,6 +21,8 @@ Channels are averaged together (one value per batch item).
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -154,8 +156,15 @@ def ssim(
         1.0
     """
     _check_pair(prediction, target)
-    if win_size < 3 or win_size % 2 == 0:
+    if (
+        not isinstance(win_size, int)
+        or isinstance(win_size, bool)
+        or win_size < 3
+        or win_size % 2 == 0
+    ):
         raise ValueError(f"win_size must be an odd integer >= 3, got {win_size!r}")
+    if not isinstance(data_range, (int, float)) or not 0 < data_range < math.inf:
+        raise ValueError(f"data_range must be a finite number > 0, got {data_range!r}")
     if any(s < win_size for s in target.shape[2:]):
         raise ValueError(
             f"every spatial size must be >= win_size={win_size}, got shape {tuple(target.shape)}"

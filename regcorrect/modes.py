@@ -33,10 +33,14 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ._checks import (
     check_choice,
+    check_count,
+    check_finite,
     check_float,
     check_positive,
     check_rank,
     check_same_batch_and_spatial,
+    check_same_device,
+    check_tensor,
 )
 from .backbones import METHODS, GeneratorOutput, Pix2Pix, TranslationBackbone
 from .correction import INITIAL_ALIGNMENTS, frozen, run_registration
@@ -69,16 +73,19 @@ class ReplayBuffer:
     """
 
     def __init__(self, capacity: int = 50, *, seed: int = 0) -> None:
-        if capacity < 0:
-            raise ValueError(f"capacity must be >= 0, got {capacity!r}")
-        self.capacity = capacity
+        self.capacity = check_count(capacity, "capacity")
         self.images: list[Tensor] = []
         self.generator = torch.Generator().manual_seed(seed)
 
     def query(self, images: Tensor) -> Tensor:
-        """Return a batch of the same shape, mixing ``images`` with stored ones."""
+        """Return a batch of the same shape, mixing ``images`` with stored ones.
+
+        Stored images of another shape (the training size changed) cannot join the batch: the
+        history is then dropped and filled anew."""
         if self.capacity == 0:
             return images
+        if self.images and self.images[0].shape[1:] != images.shape[1:]:
+            self.images = []
         out = []
         for image in images.detach():
             image = image.unsqueeze(0)
@@ -88,7 +95,7 @@ class ReplayBuffer:
                 continue
             if float(torch.rand((), generator=self.generator)) < 0.5:
                 index = int(torch.randint(len(self.images), (), generator=self.generator))
-                out.append(self.images[index].clone())
+                out.append(self.images[index].to(image.device, image.dtype))
                 self.images[index] = image.clone()
             else:
                 out.append(image)
@@ -206,7 +213,7 @@ class TranslationModel(nn.Module):
             ).requires_grad_(False)
         self.step = 0
         self.gradient_hook: Callable[[Iterable[nn.Parameter]], None] | None = None
-        self._replay_size = int(replay_buffer_size)
+        self._replay_size = check_count(replay_buffer_size, "replay_buffer_size")
         self._seed = int(seed)
         self.replay_buffers: dict[str, ReplayBuffer] = {}
 
@@ -284,14 +291,36 @@ class TranslationModel(nn.Module):
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype inputs are cast to: the networks' (float32 unless the model was converted,
+        e.g. ``model.double()``; ``amp=True`` keeps float32 weights)."""
+        return next(self.backbone.parameters()).dtype
+
     def _check_pair(self, source: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
         check_float(source, "source")
         check_float(target, "target")
         check_rank(source, "source", (4,), "(B, C_in, H, W)")
         check_rank(target, "target", (4,), "(B, C_out, H, W)")
         check_same_batch_and_spatial(source, target, "source", "target")
-        device = self.device
-        return source.to(device, torch.float32), target.to(device, torch.float32)
+        device, dtype = self.device, self.input_dtype
+        return source.to(device, dtype), target.to(device, dtype)
+
+    @staticmethod
+    def _check_mask(mask: Tensor | None, target: Tensor) -> None:
+        """Raise unless ``mask`` (if given) broadcasts to ``target`` (it weights the correction
+        loss; modes without R do not use it)."""
+        if mask is None:
+            return
+        check_tensor(mask, "mask")
+        check_same_device(target=target, mask=mask)
+        if mask.ndim != target.ndim or any(
+            m not in (1, t) for m, t in zip(mask.shape, target.shape, strict=True)
+        ):
+            raise ValueError(
+                f"mask of shape {tuple(mask.shape)} must broadcast to target "
+                f"{tuple(target.shape)} (same rank, each size 1 or the target's)"
+            )
 
     def _sync(self, name: str) -> None:
         if self.gradient_hook is not None:
@@ -330,6 +359,7 @@ class TranslationModel(nn.Module):
             if self.mode == "pix2pix+r":
                 # Pix2Pix's generator side without its L1 term: D judges (x, G(x)) as it is.
                 backbone = cast(Pix2Pix, self.backbone)
+                backbone.check_pair(source, target)
                 translated = backbone.translate(source)
                 out = GeneratorOutput(
                     translated=translated,
@@ -371,15 +401,23 @@ class TranslationModel(nn.Module):
         """One training step of this mode on a batch; returns every loss term as a float.
 
         Args:
-            source: ``(B, C_in, H, W)`` in ``[-1, 1]``.
-            target: ``(B, C_out, H, W)`` in ``[-1, 1]``, possibly misaligned.
-            mask: optional weights for the correction loss, broadcastable to ``target``.
+            source: ``(B, C_in, H, W)`` in ``[-1, 1]``, finite.
+            target: ``(B, C_out, H, W)`` in ``[-1, 1]``, possibly misaligned, finite.
+            mask: optional weights for the correction loss, broadcastable to ``target`` (only
+                the +R modes have that loss; the others check and ignore it).
 
         Returns:
             Weighted terms (``adversarial``, ``cycle``, ``correction``, ``smoothness``, ... and
             the discriminator's, prefixed ``D/``), plus ``G/total`` and ``D/total``.
+
+        Raises:
+            ValueError: a NaN or infinite value in ``source`` or ``target`` (checked before any
+                update: one such pixel would turn every network's weights into NaN).
         """
         source, target = self._check_pair(source, target)
+        check_finite(source, "source")
+        check_finite(target, "target")
+        self._check_mask(mask, target)
         self.train()
         discriminators = list(self.backbone.discriminators().values())
         generator_side = ["generator"] + (["registration"] if self.registration else [])
@@ -431,14 +469,15 @@ class TranslationModel(nn.Module):
                 (default) or, ``False``, with the trained weights themselves. Ignored otherwise.
 
         Returns:
-            ``(B, C_out, H, W)`` float32 on the model's device.
+            ``(B, C_out, H, W)`` on the model's device, float32 (float64 for a model converted
+            with ``.double()``).
         """
         check_float(source, "source")
         check_rank(source, "source", (4,), "(B, C_in, H, W)")
         was_training = self.training
         self.eval()
         try:
-            source = source.to(self.device, torch.float32)
+            source = source.to(self.device, self.input_dtype)
             with self._autocast():
                 if average and self.generator_average is not None:
                     translated = functional_call(
@@ -448,7 +487,7 @@ class TranslationModel(nn.Module):
                     translated = self.backbone.translate(source)
         finally:
             self.train(was_training)
-        return translated.float()
+        return translated.to(torch.promote_types(translated.dtype, torch.float32))
 
     def _averaged_weights(self) -> dict[str, Tensor]:
         """The generators' averaged parameters and buffers, named as in ``_Translator``."""

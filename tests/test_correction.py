@@ -522,6 +522,17 @@ class TestTrainingStep:
         d_loss = discriminator_loss(d0(target), d0(translated.detach()), "lsgan")
         assert result["discriminator"] == pytest.approx(d_loss.item(), rel=1e-5)
 
+    @pytest.mark.parametrize("name", ["source", "target"])
+    def test_non_finite_input_is_refused_before_any_update(self, name):
+        model, discriminator, optimizers, (source, target) = self.setup_parts()
+        pair = {"source": source.clone(), "target": target.clone()}
+        pair[name][1, 0, 5, 6] = math.nan
+        before = [p.detach().clone() for p in [*model.parameters(), *discriminator.parameters()]]
+        with pytest.raises(ValueError, match=f"{name} must be finite"):
+            model.training_step(*pair.values(), discriminator=discriminator, **optimizers)
+        after = [*model.parameters(), *discriminator.parameters()]
+        assert all(torch.equal(p, old) for p, old in zip(after, before, strict=True))
+
     def test_all_parameters_change(self):
         model, discriminator, optimizers, (source, target) = self.setup_parts()
         parts = {"G": model.generator, "R": model.reg_net, "D": discriminator}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -167,6 +169,12 @@ class TestSSIM:
             ssim(image, image, win_size=9)
         with pytest.raises(ValueError, match="odd"):
             ssim(image, image, win_size=4)
+        for win_size in (7.0, 7.5, True):
+            with pytest.raises(ValueError, match="win_size must be an odd integer"):
+                ssim(image, image, win_size=win_size)
+        for data_range in (0, -2.0, math.inf):
+            with pytest.raises(ValueError, match="data_range must be a finite number > 0"):
+                ssim(image, image, data_range=data_range)
         with pytest.raises(ValueError, match="prediction and target"):
             ssim(image, torch.rand(1, 1, 8, 9))
         with pytest.raises(ValueError, match="no foreground pixel"):

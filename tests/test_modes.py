@@ -4,6 +4,7 @@ at 32×32 on CPU, plus the replay buffer, the learning-rate decay and checkpoint
 from __future__ import annotations
 
 import io
+import math
 import re
 from copy import deepcopy as copy_module
 from typing import Any
@@ -157,6 +158,15 @@ def test_nc_plus_r_has_fewer_parameters_than_c() -> None:
     assert reggan.parameter_count() < cyclic.parameter_count()
 
 
+def test_float64_model_takes_float32_inputs() -> None:
+    model = tiny_model("cyclegan", "nc+r").double()
+    assert model.input_dtype == torch.float64
+    losses = model.train_step(images(), images())
+    assert all(math.isfinite(v) for v in losses.values())
+    translated = model.translate(images())
+    assert translated.dtype == torch.float64 and translated.shape == (2, 1, 32, 32)
+
+
 def test_amp_step_gives_float_losses() -> None:
     model = tiny_model("cyclegan", "nc+r", amp=True)
     losses = model.train_step(images(), images())
@@ -249,6 +259,20 @@ class TestReplayBuffer:
         assert ReplayBuffer(0).query(images_) is images_
         with pytest.raises(ValueError, match="capacity"):
             ReplayBuffer(-1)
+        with pytest.raises(ValueError, match="replay_buffer_size must be an int >= 0, got -1"):
+            tiny_model("cyclegan", "nc", replay_buffer_size=-1)
+
+    def test_a_new_image_size_starts_a_new_history(self) -> None:
+        buffer = ReplayBuffer(4, seed=0)
+        buffer.query(torch.randn(4, 1, 2, 2))
+        larger = torch.randn(3, 1, 3, 3)
+        torch.testing.assert_close(buffer.query(larger), larger, rtol=0, atol=0)  # stored anew
+        assert [tuple(i.shape) for i in buffer.images] == [(1, 1, 3, 3)] * 3
+        model = tiny_model("cyclegan", "nc", replay_buffer_size=2)
+        model.train_step(images(), images())
+        for _ in range(3):  # crashed in torch.cat (sizes 36 and 32)
+            losses = model.train_step(images(size=36), images(size=36))
+        assert all(math.isfinite(v) for v in losses.values())
 
 
 class TestLearningRateDecay:
@@ -347,6 +371,35 @@ class TestErrors:
         with pytest.raises(ValueError, match="share batch and spatial sizes"):
             model.train_step(images(), target)
         assert model.step == 0
+
+    @pytest.mark.parametrize("mode", ["nc", "nc+r", "pix2pix+r"])
+    @pytest.mark.parametrize("bad", [math.nan, math.inf])
+    def test_non_finite_inputs_are_refused_before_any_update(self, mode: str, bad: float) -> None:
+        model = tiny_model("cyclegan", mode)
+        before = copy_module(model.state_dict())
+        for name in ("source", "target"):
+            pair = {"source": images(), "target": images()}
+            pair[name][0, 0, 3, 4] = bad
+            with pytest.raises(ValueError, match=f"{name} must be finite"):
+                model.train_step(pair["source"], pair["target"])
+        assert model.step == 0
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, before[key]), key
+
+    def test_pix2pix_plus_r_names_a_wrong_target(self) -> None:
+        model = tiny_model("cyclegan", "pix2pix+r")
+        with pytest.raises(ValueError, match=r"target must have 1 channel\(s\)"):
+            model.train_step(images(), images(channels=3))
+
+    @pytest.mark.parametrize("mode", ["nc", "pix2pix", "nc+r"])
+    def test_mask_must_broadcast_in_every_mode(self, mode: str) -> None:
+        model = tiny_model("cyclegan", mode)
+        with pytest.raises(ValueError, match=r"mask of shape \(1, 1, 16, 16\) must broadcast"):
+            model.train_step(images(), images(), mask=torch.ones(1, 1, 16, 16))
+        with pytest.raises(TypeError, match="mask must be a torch.Tensor"):
+            model.train_step(images(), images(), mask=[[1.0]])
+        assert model.step == 0
+        model.train_step(images(), images(), mask=torch.ones(1, 1, 32, 32))
 
     def test_unknown_backbone_option(self) -> None:
         with pytest.raises(TypeError, match="residual_blocks"):

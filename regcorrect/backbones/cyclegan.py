@@ -543,7 +543,9 @@ class Pix2Pix(TranslationBackbone):
         self.generator.check_input(source, "source")
         return self.generator(source)
 
-    def _check_pair(self, source: Tensor, target: Tensor) -> None:
+    def check_pair(self, source: Tensor, target: Tensor) -> None:
+        """Raise unless ``source`` fits the generator and ``target`` is its ``(B, C_out, H, W)``
+        pair."""
         self.generator.check_input(source, "source")
         _check_images(target, "target", self.generator.out_channels)
         batch, _, height, width = source.shape
@@ -571,7 +573,7 @@ class Pix2Pix(TranslationBackbone):
         like every backbone's) and ``"pair"``, the judged ``cat([x, G(x)])`` that
         :meth:`discriminator_losses` uses, so that a replay buffer keeps each fake with its own
         condition (all detached)."""
-        self._check_pair(source, target)
+        self.check_pair(source, target)
         translated = self.generator(source)
         losses = {
             "adversarial": self.adversarial(source, translated),
@@ -593,7 +595,7 @@ class Pix2Pix(TranslationBackbone):
         """``"discriminator"``: D on ``cat([x, y])`` (real) vs the fake pair: ``fakes["pair"]``
         (``(B, C_in + C_out, H, W)``, as :meth:`generator_forward` returns it) or, if that is
         absent, ``cat([x, fakes["target"]])``."""
-        self._check_pair(source, target)
+        self.check_pair(source, target)
         if isinstance(fakes, dict) and "pair" in fakes:
             fake_pair = _fake(fakes, "pair", torch.cat([source, target], dim=1))
             check_same_batch_and_spatial(fake_pair, source, 'fakes["pair"]', "source")
