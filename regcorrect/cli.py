@@ -286,7 +286,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         resolve_device,
     )
     from .training.checkpoint import load_checkpoint
-    from .training.data import load_training_data
+    from .training.data import fit_network, load_training_data
 
     path = checkpoint_path(args.checkpoint)
     output = Path(args.output) if args.output else path.with_name("evaluation.json")
@@ -306,6 +306,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         pairs, _ = load_pairs(
             source, split="test", axis=config.axis, spacing=config.spacing, size=config.image_size
         )
+        pairs = fit_network(pairs, config)  # as in training: e.g. 23 x 37 slices -> 24 x 40
         data = " ".join(args.data)
     metrics = evaluate_model(
         model, pairs, batch_size=args.batch_size, noise_level=args.noise_level, seed=config.seed

@@ -111,6 +111,23 @@ class TestTrain:
         assert main(["train", str(config), "--quiet", "--resume"]) == 0
         assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["training"]["step"] == 2
 
+    def test_resume_into_another_run_folder_is_refused(self, tmp_path, capsys) -> None:
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        first = write_config(tmp_path / "a" / "config.yaml", steps=1)
+        second = write_config(tmp_path / "b" / "config.yaml", steps=1, seed=5)
+        for config in (first, second):
+            assert main(["train", str(config), "--quiet"]) == 0
+        other = tmp_path / "b" / "run"
+        before = (other / "checkpoint.pt").read_bytes()
+        resume = ["train", str(first), "--quiet", "--resume", str(tmp_path / "a" / "run")]
+        code = main([*resume, "--out-dir", str(other)])
+        assert_user_error(capsys, code, "already exists and is not empty")
+        assert (other / "checkpoint.pt").read_bytes() == before  # B's run is untouched
+        # into a new folder it continues there
+        assert main([*resume, "--out-dir", str(tmp_path / "c")]) == 0
+        assert load_checkpoint(tmp_path / "c" / "checkpoint.pt")["training"]["step"] == 1
+
     def test_overrides(self, tmp_path) -> None:
         config = write_config(tmp_path / "config.yaml", steps=1)
         other = tmp_path / "elsewhere"
@@ -161,6 +178,46 @@ class TestEvaluate:
             == 0
         )
         assert json.loads(output.read_text())["noise_level"] == 2
+
+    def test_run_with_relative_data_paths_evaluates_from_elsewhere(
+        self, tmp_path, monkeypatch
+    ) -> None:
+        names = [f"s{i}" for i in range(5)]
+        folder = _npy_folder(tmp_path / "work" / "slices", names, names)
+        for path in folder.glob("*/*.npy"):
+            image = np.full((32, 32), -1.0, dtype=np.float32)
+            image[6:26, 6:26] = 0.5
+            np.save(path, image)
+        monkeypatch.chdir(tmp_path / "work")
+        config = write_config(
+            tmp_path / "work" / "c.yaml", data="slices", spacing=None, steps=1, batch_size=1
+        )
+        assert main(["train", str(config), "--quiet", "--threads", "1"]) == 0
+        assert main(["train", str(config), "--quiet", "--resume"]) == 0  # same run, same paths
+        monkeypatch.chdir(tmp_path)
+        output = tmp_path / "e.json"
+        assert main(["evaluate", str(tmp_path / "work" / "run"), "-o", str(output)]) == 0
+        assert json.loads(output.read_text())["slices"] == 1
+
+    def test_data_of_odd_size_is_padded_as_in_training(self, tmp_path) -> None:
+        # a run without size on 33 x 35 slices, evaluated on its own data: the generators take
+        # multiples of 4 (failed: "divisible by 4")
+        names = [f"s{i}" for i in range(5)]
+        folder = _npy_folder(tmp_path / "odd", names, names, shape=(33, 35))
+        rng = np.random.default_rng(0)
+        for path in folder.glob("*/*.npy"):
+            image = np.full((33, 35), -1.0, dtype=np.float32)
+            image[5:28, 4:30] = rng.uniform(-0.5, 1.0, (23, 26))
+            np.save(path, image)
+        config = write_config(
+            tmp_path / "c.yaml", data=str(folder), size=None, spacing=None, steps=1, batch_size=1
+        )
+        assert main(["train", str(config), "--quiet", "--threads", "1"]) == 0
+        output = tmp_path / "odd.json"
+        arguments = ["evaluate", str(tmp_path / "run"), "--data", str(folder), "-o", str(output)]
+        assert main(arguments) == 0
+        record = json.loads(output.read_text())
+        assert record["slices"] == 5 and 0 < record["nmae"] < 1
 
 
 def make_volume(path, *, fill=None):

@@ -137,7 +137,7 @@ def _with_background(image: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, image.clamp(-1.0, 1.0), torch.full_like(image, -1.0))
 
 
-def resample_pairs(pairs: PairedSlices, *, factor: float) -> PairedSlices:
+def resample_pairs(pairs: PairedSlices, *, factor: float | tuple[float, float]) -> PairedSlices:
     """Resample to a grid whose pixels are ``factor`` times larger (``2.0`` halves ``H`` and ``W``).
 
     Images are resized with antialiased bilinear interpolation (``align_corners=False``, so the
@@ -146,20 +146,28 @@ def resample_pairs(pairs: PairedSlices, *, factor: float) -> PairedSlices:
 
     Args:
         pairs: slices ``(N, 1, H, W)``.
-        factor: pixel-size factor ``> 0``; the new size is ``H / factor`` by ``W / factor``
-            rounded half up (at least 1), and ``pairs.spacing`` is updated to the exact new
-            pixel size.
+        factor: pixel-size factor ``> 0``, one for both axes or ``(factor_h, factor_w)`` (e.g.
+            to bring anisotropic pixels to a square size); the new size is ``H / factor_h`` by
+            ``W / factor_w`` rounded half up (at least 1), and ``pairs.spacing`` is updated to
+            the exact new pixel size.
 
     Returns:
         Resampled pairs; ``factor=1.0`` returns ``pairs`` unchanged.
     """
-    if not isinstance(factor, (int, float)) or isinstance(factor, bool):
-        raise TypeError(f"factor must be a number, got {type(factor).__name__}")
-    check_positive(float(factor), "factor")
-    if factor == 1.0:
+    factors = tuple(factor) if isinstance(factor, (tuple, list)) else (factor, factor)
+    if len(factors) != 2 or not all(
+        isinstance(f, (int, float)) and not isinstance(f, bool) for f in factors
+    ):
+        raise TypeError(f"factor must be a number or a pair of numbers, got {factor!r}")
+    for f in factors:
+        check_positive(float(f), "factor")
+    if factors == (1.0, 1.0):
         return pairs
     height, width = pairs.image_size
-    new_size = (max(1, int(height / factor + 0.5)), max(1, int(width / factor + 0.5)))
+    new_size = (
+        max(1, int(height / factors[0] + 0.5)),
+        max(1, int(width / factors[1] + 0.5)),
+    )
 
     def resize(image: Tensor) -> Tensor:
         return F.interpolate(

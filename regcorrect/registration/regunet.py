@@ -257,6 +257,9 @@ class RegUNet(nn.Module):
         check_count(bottleneck_blocks, "bottleneck_blocks")
         check_count(integration_steps, "integration_steps")
         check_count(min_bottleneck, "min_bottleneck", minimum=1)
+        for name, flag in (("affine", affine), ("diffeomorphic", diffeomorphic)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
         channels = tuple(int(c) for c in channels)
         self.min_bottleneck = min_bottleneck
         if image_size is not None:

@@ -3,14 +3,17 @@
 A config is a flat dataclass; :func:`load_config` reads it from YAML with ``yaml.safe_load``.
 Unknown keys are an error that lists the valid ones. The keys of the official Reg-GAN YAML files
 (``Adv_lamda``, ``Cyc_lamda``, ``Corr_lamda``, ``Smooth_lamda``, ``bidirect``, ``regist``,
-``noise_level``, ``lr``, ``batchSize``, ``size``, ...) are accepted and mapped onto ours
-(:data:`OFFICIAL_KEYS`, ``docs/training.md``), so an official config trains as it is.
+``noise_level``, ``lr``, ``batchSize``, ``size``, ``name``, MUNIT/UNIT ``gen``/``dis``, ...) are
+accepted and mapped onto ours (:data:`OFFICIAL_KEYS`, ``docs/training.md``), so an official
+config trains as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,14 +49,63 @@ OFFICIAL_KEYS: dict[str, str | None] = {
     "val_dataroot": "test_data",
     "save_root": "out_dir",
     "cuda": "device",
+    "P2P_lamda": "backbone",
+    "Recon_kl_lamda": "backbone",
+    "gen": "backbone",
+    "dis": "backbone",
+    "name": "method",
     "input_nc": None,
     "output_nc": None,
+    "input_dim_a": None,
+    "input_dim_b": None,
     "epoch": None,
-    "name": None,
     "port": None,
     "image_save": None,
+    "display_size": None,
     "n_cpu": None,
 }
+
+#: The official ``name`` (which picks the trainer in its ``train.py``) -> (method, mode or None).
+#: Other names (an experiment's own) are ignored.
+OFFICIAL_NAMES: dict[str, tuple[str, str | None]] = {
+    "cyclegan": ("cyclegan", None),
+    "munit": ("munit", None),
+    "unit": ("unit", None),
+    "nice": ("nicegan", None),
+    "nicegan": ("nicegan", None),
+    "p2p": ("cyclegan", "pix2pix"),
+}
+
+#: The official MUNIT / UNIT ``gen`` and ``dis`` sub-keys -> backbone option (``None``: only
+#: the value our networks implement is accepted, :data:`_FIXED_ARCHITECTURE`).
+_ARCHITECTURE_KEYS: dict[str, dict[str, str | None]] = {
+    "gen": {
+        "dim": "base_channels",
+        "mlp_dim": "mlp_channels",
+        "style_dim": "style_dim",
+        "n_downsample": "num_downsamplings",
+        "n_res": "num_residual_blocks",
+        "activ": None,
+        "pad_type": None,
+    },
+    "dis": {
+        "dim": "discriminator_channels",
+        "n_layer": "discriminator_layers",
+        "num_scales": "discriminator_scales",
+        "gan_type": "gan_mode",
+        "norm": None,
+        "activ": None,
+        "pad_type": None,
+    },
+}
+_FIXED_ARCHITECTURE = {
+    ("gen", "activ"): "relu",
+    ("gen", "pad_type"): "reflect",
+    ("dis", "norm"): "none",
+    ("dis", "activ"): "lrelu",
+    ("dis", "pad_type"): "reflect",
+}
+_GAN_TYPES = {"lsgan": "lsgan", "nsgan": "vanilla"}
 
 
 class ConfigError(ValueError):
@@ -221,8 +273,8 @@ class TrainingConfig:
             value = getattr(self, name)
             if value is None and name in ("adversarial_weight", "cycle_weight"):
                 continue
-            if not _is_number(value) or value < 0:
-                raise ConfigError(f"{name} must be a number >= 0, got {value!r}")
+            if not _is_number(value) or not 0 <= value < math.inf:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         positive = ("steps", "batch_size", "eval_every", "eval_batch_size", "checkpoint_every")
         for name in (*positive, "log_every"):
             _integer(getattr(self, name), name, minimum=1)
@@ -230,8 +282,8 @@ class TrainingConfig:
             raise ConfigError(
                 f"ema_decay must be a number in [0, 1) (0: off), got {self.ema_decay!r}"
             )
-        for name in ("replay_buffer_size", "seed"):
-            _integer(getattr(self, name), name, minimum=0)
+        _integer(self.replay_buffer_size, "replay_buffer_size", minimum=0)
+        _integer(self.seed, "seed", minimum=0, maximum=2**63 - 1)  # torch's generator seeds
         for name, minimum in (("epochs", 1), ("decay_start", 0), ("decay_start_epoch", 0)):
             if getattr(self, name) is not None:
                 _integer(getattr(self, name), name, minimum=minimum)
@@ -241,8 +293,8 @@ class TrainingConfig:
         for name in ("paired", "amp", "tensorboard"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if not _is_number(self.lr) or not self.lr > 0:
-            raise ConfigError(f"lr must be a number > 0, got {self.lr!r}")
+        if not _is_number(self.lr) or not 0 < self.lr < math.inf:
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
         if (
             not isinstance(self.betas, list)
             or len(self.betas) != 2
@@ -251,7 +303,9 @@ class TrainingConfig:
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if not _is_number(self.test_fraction) or not 0 < self.test_fraction < 1:
             raise ConfigError(f"test_fraction must be in (0, 1), got {self.test_fraction!r}")
-        if self.spacing is not None and (not _is_number(self.spacing) or not self.spacing > 0):
+        if self.spacing is not None and (
+            not _is_number(self.spacing) or not 0 < self.spacing < math.inf
+        ):
             raise ConfigError(f"spacing must be a number > 0 (mm) or null, got {self.spacing!r}")
         _check_size(self.size)
         self.pair_augmentation()  # raises ConfigError on bad options
@@ -374,16 +428,18 @@ def _map_keys(values: dict[str, Any]) -> dict[str, Any]:
     official = {k: v for k, v in values.items() if k in OFFICIAL_KEYS and k not in ours}
     for key, value in official.items():
         target = OFFICIAL_KEYS[key]
-        if target in (None, "mode"):
+        if target in (None, "mode", "backbone", "method"):
             continue
         if key == "cuda":
             if not isinstance(value, bool):
                 raise ConfigError(f"cuda must be true or false, got {value!r}")
             value = "cuda" if value else "cpu"
         put(target, value, key)
-    for key in ("input_nc", "output_nc"):
+    for key in ("input_nc", "output_nc", "input_dim_a", "input_dim_b"):
         if key in official and official[key] != 1:
             raise ConfigError(f"{key} must be 1 (single-channel slices), got {official[key]!r}")
+    named_mode = _official_name(official, put) if "name" in official else None
+    _official_backbone(official, result, put)
     if official.get("epoch", 0) not in (0, None):
         raise ConfigError(
             f"epoch (the official starting epoch) must be 0, got {official['epoch']!r}; "
@@ -401,17 +457,82 @@ def _map_keys(values: dict[str, Any]) -> dict[str, Any]:
         cyclic = official.get("bidirect", base in ("c", "c+r"))
         registered = official.get("regist", base.endswith("+r"))
         result["mode"] = ("c" if cyclic else "nc") + ("+r" if registered else "")
+    elif named_mode is not None and "mode" not in result:
+        result["mode"] = named_mode
     return result
 
 
+def _official_name(official: dict[str, Any], put: Callable[[str, Any, str], None]) -> str | None:
+    """Set ``method`` from the official ``name`` (its trainer); return the mode it implies."""
+    name = official["name"]
+    known = OFFICIAL_NAMES.get(str(name).lower()) if isinstance(name, str) else None
+    if known is None:
+        return None  # an experiment's own name
+    method, mode = known
+    put("method", method, "name")
+    return mode
+
+
+def _official_backbone(
+    official: dict[str, Any], result: dict[str, Any], put: Callable[[str, Any, str], None]
+) -> None:
+    """Merge the official loss weights and MUNIT / UNIT ``gen`` / ``dis`` settings into
+    ``backbone`` (and ``gan_mode``); a value our networks do not implement is an error."""
+    options: dict[str, tuple[Any, str]] = {}
+    if "P2P_lamda" in official:
+        options["l1_weight"] = (official["P2P_lamda"], "P2P_lamda")
+    if "Recon_kl_lamda" in official:
+        options["kl_weight"] = (official["Recon_kl_lamda"], "Recon_kl_lamda")
+    for section, keys in _ARCHITECTURE_KEYS.items():
+        if section not in official:
+            continue
+        values = official[section]
+        if not isinstance(values, dict):
+            raise ConfigError(f"{section} must be a mapping (the official MUNIT/UNIT layout)")
+        unknown = sorted(str(k) for k in values if k not in keys)
+        if unknown:
+            raise ConfigError(
+                f"unknown key(s) {', '.join(unknown)} in {section}; accepted: {', '.join(keys)}"
+            )
+        for key, value in values.items():
+            where = f"{section}.{key}"
+            option = keys[key]
+            if option is None:
+                expected = _FIXED_ARCHITECTURE[(section, key)]
+                if value != expected:
+                    raise ConfigError(
+                        f"{where} must be {expected!r} (what regcorrect's networks implement), "
+                        f"got {value!r}"
+                    )
+            elif option == "gan_mode":
+                if value not in _GAN_TYPES:
+                    raise ConfigError(f"{where} must be one of {list(_GAN_TYPES)}, got {value!r}")
+                put("gan_mode", _GAN_TYPES[value], where)
+            else:
+                options[option] = (value, where)
+    if not options:
+        return
+    backbone = result.get("backbone", {})
+    backbone = dict(backbone) if isinstance(backbone, dict) else backbone
+    if not isinstance(backbone, dict):
+        return  # _validate reports the bad 'backbone'
+    for option, (value, where) in options.items():
+        if option in backbone:
+            raise ConfigError(f"{where!r} and 'backbone.{option}' both set {option!r}; give one")
+        backbone[option] = value
+    result["backbone"] = backbone
+
+
 def _choice(value: object, name: str, choices: tuple[object, ...]) -> None:
-    if value not in choices or isinstance(value, bool) != any(isinstance(c, bool) for c in choices):
+    # by type too: 3.0 == 3 and True == 1, but neither is a noise level
+    if value not in choices or type(value) not in {type(c) for c in choices}:
         raise ConfigError(f"{name} must be one of {list(choices)!r}, got {value!r}")
 
 
-def _integer(value: object, name: str, *, minimum: int) -> None:
-    if not _is_int(value) or value < minimum:
-        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+def _integer(value: object, name: str, *, minimum: int, maximum: int | None = None) -> None:
+    if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+        bound = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+        raise ConfigError(f"{name} must be an integer {bound}, got {value!r}")
 
 
 def _check_size(size: object) -> None:

@@ -75,6 +75,15 @@ def _read_nifti_pair(source_path: str, target_path: str, axis: int) -> PairedSli
             f"source {source_path!r} and target {target_path!r} must be on the same grid, got "
             f"slices {tuple(source.slices.shape)} and {tuple(target.slices.shape)}"
         )
+    # a misalignment (other origin or orientation) is what training absorbs; other voxel
+    # sizes would put the two contrasts at different scales
+    pixel_sizes = zip(source.spacing, target.spacing, strict=True)
+    if any(abs(a - b) > 1e-3 * max(a, b) for a, b in pixel_sizes):
+        raise ValueError(
+            f"source {source_path!r} and target {target_path!r} must have the same in-plane "
+            f"pixel size, got {tuple(source.spacing)} and {tuple(target.spacing)} mm; resample "
+            "one onto the other's grid first"
+        )
     mask = (source.slices != 0) | (target.slices != 0)
     keep = mask.flatten(1).float().mean(1) > MIN_FOREGROUND
     if not bool(keep.any()):
@@ -117,8 +126,9 @@ def load_pairs(
     if isinstance(source, str) and source.lower() == "icbm152":
         return icbm152(split, spacing=1.0 if spacing is None else spacing, size=size), True
     pairs, spacing_known = _read_source(source, axis)
-    if spacing is not None:
-        pairs = resample_pairs(pairs, factor=spacing / pairs.spacing[0])
+    if spacing is not None:  # per axis: anisotropic pixels become square
+        factors = (spacing / pairs.spacing[0], spacing / pairs.spacing[1])
+        pairs = resample_pairs(pairs, factor=factors)
     if size is not None:
         pairs = pad_or_crop_pairs(pairs, size=size)
     return pairs, spacing_known
@@ -145,18 +155,22 @@ def load_training_data(config: TrainingConfig) -> TrainingData:
             f"test slices {test.image_size} and training slices {train.image_size} differ in "
             "size; set size in the config"
         )
-    if config.image_size is None:
-        padded = network_size(train.image_size, config)
-        if padded != train.image_size:
-            train = pad_or_crop_pairs(train, size=padded)
-            test = pad_or_crop_pairs(test, size=padded)
-    return TrainingData(train=train, test=test, spacing_known=known)
+    return TrainingData(
+        train=fit_network(train, config), test=fit_network(test, config), spacing_known=known
+    )
+
+
+def fit_network(pairs: PairedSlices, config: TrainingConfig) -> PairedSlices:
+    """``pairs`` centre-padded with background to :func:`network_size` (unchanged if they fit)."""
+    padded = network_size(pairs.image_size, config)
+    return pairs if padded == pairs.image_size else pad_or_crop_pairs(pairs, size=padded)
 
 
 def network_size(size: tuple[int, int], config: TrainingConfig) -> tuple[int, int]:
     """``size`` rounded up to what the generators take: multiples of ``2**num_downsamplings``
-    (the backbone option, 2 by default: multiples of 4). ``Trainer`` centre-pads its slices to
-    it with background when the config gives no ``size``; a translated volume is cropped back.
+    (the backbone option, 2 by default: multiples of 4). ``Trainer`` and ``regcorrect evaluate
+    --data`` centre-pad their slices to it with background (also after a ``size`` that is no
+    such multiple); a translated volume is cropped back.
     """
     depth = config.backbone.get("num_downsamplings", 2)
     valid = isinstance(depth, int) and not isinstance(depth, bool) and 0 <= depth <= 8

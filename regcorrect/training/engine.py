@@ -126,6 +126,43 @@ def prepare_output_dir(
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
+def _changed_settings(config: TrainingConfig, saved: TrainingConfig) -> dict[str, tuple[Any, Any]]:
+    """Keys outside :data:`RUN_KEYS` where ``config`` and ``saved`` differ: (ours, theirs)."""
+    ours = with_absolute_data_paths(config).to_dict()
+    theirs = with_absolute_data_paths(saved).to_dict()
+    return {k: (ours[k], theirs[k]) for k in ours if k not in RUN_KEYS and ours[k] != theirs[k]}
+
+
+def _holds_run_of(out_dir: Path, config: TrainingConfig) -> bool:
+    """Whether ``out_dir`` has a readable checkpoint of a run with ``config``'s settings."""
+    path = out_dir / CHECKPOINT_NAME
+    if not path.is_file():
+        return False
+    try:
+        other = TrainingConfig.from_dict(load_checkpoint(path)["config"])
+    except (ValueError, KeyError):  # CheckpointError, ConfigError: not this run's
+        return False
+    return not _changed_settings(config, other)
+
+
+def with_absolute_data_paths(config: TrainingConfig) -> TrainingConfig:
+    """``config`` with relative ``data`` / ``test_data`` paths made absolute (from the current
+    folder), so that a run's saved config (``regcorrect evaluate RUN_DIR``) finds its data from
+    anywhere; ``"icbm152"`` stays as it is."""
+
+    def absolute(value: str | list[str] | None) -> str | list[str] | None:
+        if value is None or (isinstance(value, str) and value.lower() == "icbm152"):
+            return value
+        if isinstance(value, list):
+            return [str(Path(v).absolute()) for v in value]
+        return str(Path(value).absolute())
+
+    data, test_data = absolute(config.data), absolute(config.test_data)
+    if (data, test_data) == (config.data, config.test_data):
+        return config
+    return config.replace(data=data, test_data=test_data)
+
+
 class Trainer:
     """Train a model as a :class:`TrainingConfig` says.
 
@@ -159,6 +196,7 @@ class Trainer:
     ) -> None:
         if not isinstance(config, TrainingConfig):
             raise TypeError(f"config must be a TrainingConfig, got {type(config).__name__}")
+        config = with_absolute_data_paths(config)  # the saved config works from any folder
         self.config = config
         self.context = context if context is not None else setup(config.device)
         self.progress = progress
@@ -190,6 +228,7 @@ class Trainer:
             total_steps=self.total_steps,
             decay_start=decay_start,
         )
+        self._check_slices_fit_the_model()
         if self.context.distributed:
             broadcast_module(self.model)
             self.model.gradient_hook = functools.partial(
@@ -216,6 +255,29 @@ class Trainer:
             config.to_yaml(self.out_dir / "config.yaml")  # on resume: the settings now in use
 
     # ------------------------------------------------------------------ construction
+    def _check_slices_fit_the_model(self) -> None:
+        """Raise ``ConfigError`` now, before ``out_dir`` is touched, when the networks cannot
+        take the training slices (e.g. NICE-GAN's discriminator needs >= 96 px): one no-grad
+        generator-side forward of one slice pair in evaluation mode, with the random state put
+        back (so a run and its resumption stay identical)."""
+        device = self.context.device
+        source = self.data.train.source[:1].to(device)
+        target = self.data.train.target[:1].to(device)
+        model = self.model
+        was_training = model.training
+        forked = [device] if device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=forked), torch.no_grad():
+                model.eval()
+                model.backbone.generator_forward(source, target)
+        except ValueError as error:
+            raise ConfigError(
+                f"the training slices ({self.image_size[0]} x {self.image_size[1]} px) do not fit "
+                f"method {self.config.method!r}: {error}; set size (or spacing) in the config"
+            ) from None
+        finally:
+            model.train(was_training)
+
     def _prepare_out_dir(self, overwrite: bool) -> None:
         assert self.out_dir is not None
         prepare_output_dir(
@@ -248,6 +310,8 @@ class Trainer:
             CheckpointError: unreadable checkpoint.
             ConfigError: ``config`` differs from the checkpoint's in a key outside
                 :data:`RUN_KEYS`.
+            ValueError: ``config.out_dir`` is another folder than the checkpoint's and is not
+                empty (nothing a user had is overwritten).
         """
         source = checkpoint_path(checkpoint)
         state = load_checkpoint(source)
@@ -255,17 +319,23 @@ class Trainer:
         if config is None:
             config = saved
         else:
-            ours, theirs = config.to_dict(), saved.to_dict()
-            changed = [k for k in ours if k not in RUN_KEYS and ours[k] != theirs[k]]
+            changed = _changed_settings(config, saved)
             if changed:
                 details = "; ".join(
-                    f"{k}: checkpoint {theirs[k]!r}, config {ours[k]!r}" for k in changed
+                    f"{k}: checkpoint {theirs!r}, config {ours!r}"
+                    for k, (ours, theirs) in changed.items()
                 )
                 raise ConfigError(
                     f"the config differs from the checkpoint's in {details}; on resume only "
                     f"{', '.join(RUN_KEYS)} may change"
                 )
-        trainer = cls(config, data, progress=progress, context=context, _resuming=True)
+        # continuing into another folder than the checkpoint's: it must be empty or hold this
+        # same run (e.g. resuming from an older copy of its checkpoint), never another run
+        own_folder = config.out_dir is None or (
+            Path(config.out_dir).resolve() == Path(source).resolve().parent
+            or _holds_run_of(Path(config.out_dir), config)
+        )
+        trainer = cls(config, data, progress=progress, context=context, _resuming=own_folder)
         trainer.load_state_dict(state)
         trainer._checkpoint = (Path(source), trainer.step)
         return trainer

@@ -56,5 +56,13 @@ class TestGridChanges:
         assert resample_pairs(pairs, factor=1.0) is pairs
         with pytest.raises(ValueError, match="factor"):
             resample_pairs(pairs, factor=-1.0)
+        with pytest.raises(TypeError, match="factor must be a number or a pair"):
+            resample_pairs(pairs, factor=(1.0, 2.0, 3.0))
+
+    def test_resample_per_axis(self) -> None:
+        pairs = make_pairs(size=(20, 24))
+        anisotropic = resample_pairs(pairs, factor=(2.0, 0.5))
+        assert anisotropic.source.shape == (4, 1, 10, 48) and anisotropic.spacing == (2.0, 0.5)
+        assert resample_pairs(pairs, factor=(1.0, 1.0)) is pairs
         with pytest.raises(ValueError, match="size"):
             pad_or_crop_pairs(pairs, size=(3,))  # type: ignore[arg-type]

@@ -201,6 +201,9 @@ class TestRegUNet:
         ]:
             with pytest.raises(ValueError, match=f"{name} must be an int >= .*got {value}"):
                 RegUNet(channels=SMALL, **{name: value})
+        for name in ("affine", "diffeomorphic"):
+            with pytest.raises(TypeError, match=f"{name} must be True or False, got 'maybe'"):
+                RegUNet(channels=SMALL, **{name: "maybe"})
         with pytest.raises(ValueError, match="image_size must have 2 entries"):
             RegUNet(image_size=(32, 32, 32))
         trimmed = RegUNet(channels=(8, 16, 32, 64), image_size=(32, 32))

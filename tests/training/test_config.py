@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import yaml
 
@@ -78,7 +80,12 @@ class TestTrainingConfig:
             ("steps", 0, "steps must be an integer >= 1"),
             ("steps", 2.5, "steps must be an integer"),
             ("batch_size", True, "batch_size must be an integer"),
-            ("lr", -1e-4, "lr must be a number > 0"),
+            ("lr", -1e-4, "lr must be a finite number > 0"),
+            ("lr", math.inf, "lr must be a finite number > 0"),
+            ("noise_level", 3.0, "noise_level must be one of"),
+            ("axis", 2.0, "axis must be one of"),
+            ("axis", True, "axis must be one of"),
+            ("seed", 2**70, r"seed must be an integer in \[0, 9223372036854775807\]"),
             ("noise_level", 6, "noise_level must be one of"),
             ("size", [32], "size must be"),
             ("size", 0, "size must be"),
@@ -88,8 +95,9 @@ class TestTrainingConfig:
             ("data", ["only-one.nii.gz"], "data must be"),
             ("device", "tpu", "device must be one of"),
             ("spacing", 0, "spacing must be"),
-            ("correction_weight", -1, "correction_weight must be a number >= 0"),
-            ("centering_weight", -0.5, "centering_weight must be a number >= 0"),
+            ("correction_weight", -1, "correction_weight must be a finite number >= 0"),
+            ("correction_weight", math.inf, "correction_weight must be a finite number >= 0"),
+            ("centering_weight", -0.5, "centering_weight must be a finite number >= 0"),
             (
                 "initial_alignment",
                 "moments",
@@ -182,6 +190,86 @@ class TestLoadConfig:
     def test_one_of_bidirect_regist_keeps_the_other_from_the_default(self) -> None:
         assert TrainingConfig.from_dict({"bidirect": True}).mode == "c+r"
         assert TrainingConfig.from_dict({"regist": False}).mode == "nc"
+
+    @pytest.mark.parametrize(
+        ("name", "method", "mode"),
+        [
+            ("CycleGan", "cyclegan", "nc+r"),
+            ("Munit", "munit", "nc+r"),
+            ("Unit", "unit", "nc+r"),
+            ("Nice", "nicegan", "nc+r"),
+            ("NiceGAN", "nicegan", "nc+r"),
+            ("P2p", "cyclegan", "pix2pix"),
+            ("my experiment", "cyclegan", "nc+r"),
+        ],
+    )
+    def test_official_name_picks_the_trainer(self, name, method, mode) -> None:
+        config = TrainingConfig.from_dict({"name": name})
+        assert (config.method, config.mode) == (method, mode)
+        # bidirect / regist still choose the mode, as in the official trainers
+        assert TrainingConfig.from_dict({"name": name, "regist": False}).mode == "nc"
+
+    def test_official_name_and_method_conflict(self) -> None:
+        with pytest.raises(ConfigError, match="'name' and 'method' both set 'method'"):
+            TrainingConfig.from_dict({"name": "Munit", "method": "unit"})
+
+    def test_official_munit_unit_and_p2p_files_load(self, tmp_path) -> None:
+        common = (
+            "noise_level: 1\nAdv_lamda: 1\nepoch: 0\nn_epochs: 80\nbatchSize: 1\n"
+            "lr: 0.0001\ndecay_epoch: 20\nsize: 256\ninput_nc: 1\noutput_nc: 1\n"
+            "cuda: false\nn_cpu: 1\nport: 6019\n"
+        )
+        architecture = (
+            "gen:\n  dim: 32\n  mlp_dim: 128\n  style_dim: 6\n  activ: relu\n"
+            "  n_downsample: 2\n  n_res: 3\n  pad_type: reflect\n"
+            "dis:\n  dim: 16\n  norm: none\n  activ: lrelu\n  n_layer: 3\n"
+            "  gan_type: lsgan\n  num_scales: 2\n  pad_type: reflect\n"
+            "input_dim_a: 1\ninput_dim_b: 1\n"
+        )
+        munit = load_config(
+            write(
+                tmp_path,
+                "name: Munit\nbidirect: false\nregist: true\ndisplay_size: 8\n"
+                + common
+                + architecture,
+            )
+        )
+        assert (munit.method, munit.mode, munit.gan_mode) == ("munit", "nc+r", "lsgan")
+        assert munit.backbone == {
+            "base_channels": 32,
+            "mlp_channels": 128,
+            "style_dim": 6,
+            "num_downsamplings": 2,
+            "num_residual_blocks": 3,
+            "discriminator_channels": 16,
+            "discriminator_layers": 3,
+            "discriminator_scales": 2,
+        }
+        unit_text = (
+            "name: Unit\nRecon_kl_lamda: 0.02\n"
+            + common
+            + architecture.replace("  mlp_dim: 128\n  style_dim: 6\n", "").replace("lsgan", "nsgan")
+        )
+        unit = load_config(write(tmp_path, unit_text))
+        assert (unit.method, unit.gan_mode, unit.backbone["kl_weight"]) == ("unit", "vanilla", 0.02)
+        p2p = load_config(write(tmp_path, "name: P2p\nP2P_lamda: 50\n" + common))
+        assert (p2p.method, p2p.mode, p2p.backbone) == ("cyclegan", "pix2pix", {"l1_weight": 50})
+
+    @pytest.mark.parametrize(
+        ("text", "match"),
+        [
+            ("gen:\n  activ: prelu\n", "gen.activ must be 'relu'"),
+            ("dis:\n  norm: bn\n", "dis.norm must be 'none'"),
+            ("dis:\n  gan_type: wgan\n", "dis.gan_type must be one of"),
+            ("gen:\n  width: 3\n", "unknown key.*width in gen"),
+            ("gen: 3\n", "gen must be a mapping"),
+            ("input_dim_a: 3\n", "input_dim_a must be 1"),
+            ("P2P_lamda: 5\nbackbone: {l1_weight: 3}\n", "both set 'l1_weight'"),
+        ],
+    )
+    def test_invalid_official_architecture(self, tmp_path, text, match) -> None:
+        with pytest.raises(ConfigError, match=match):
+            load_config(write(tmp_path, text))
 
     def test_every_official_key_maps_to_a_real_key(self) -> None:
         assert {v for v in OFFICIAL_KEYS.values() if v is not None} <= set(valid_keys())

@@ -23,7 +23,7 @@ from regcorrect.training import (
     load_training_data,
     read_csv_log,
 )
-from regcorrect.training.data import network_size
+from regcorrect.training.data import load_pairs, network_size
 from regcorrect.training.inference import translate_slices
 
 from .helpers import tiny_config, tiny_data, tiny_resume, tiny_trainer
@@ -258,9 +258,9 @@ class TestData:
         # slices along the last axis are 51 x 37; padded to multiples of 4
         assert data.train.image_size == data.test.image_size == (52, 40)
         # centre-padded with background (the odd row / column at the bottom / right)
-        raw = load_training_data(tiny_config(None, data=files, spacing=None, size=[51, 37]))
-        torch.testing.assert_close(data.train.source[:, :, :51, 1:38], raw.train.source)
-        torch.testing.assert_close(data.test.target[:, :, :51, 1:38], raw.test.target)
+        raw, _ = load_pairs(files, axis=2)
+        torch.testing.assert_close(data.train.source[:, :, :51, 1:38], raw.source[:3])
+        torch.testing.assert_close(data.test.target[:, :, :51, 1:38], raw.target[3:])
         margin = torch.ones(52, 40, dtype=torch.bool)
         margin[:51, 1:38] = False
         assert (data.train.source[:, :, margin] == -1).all()
@@ -270,6 +270,60 @@ class TestData:
         deeper = tiny_config(None, data=files, spacing=None, backbone={"num_downsamplings": 3})
         assert network_size((37, 51), deeper) == (40, 56)
         assert network_size((36, 52), config) == (36, 52)
+        # a size that is no multiple of 4 is padded on the same way
+        sized = load_training_data(tiny_config(None, data=files, spacing=None, size=[30, 30]))
+        assert sized.train.image_size == (32, 32)
+        assert (sized.train.source[:, :, 0] == -1).all() and (
+            sized.train.source[:, :, 31] == -1
+        ).all()
+
+    def test_spacing_makes_anisotropic_pixels_square(self, tmp_path) -> None:
+        volume = np.zeros((30, 40, 4), dtype=np.float32)
+        volume[5:25, 5:35, :] = 50.0
+        affine = np.diag([0.9, 1.2, 3.0, 1.0])  # slices along the last axis: 0.9 x 1.2 mm
+        for name in ("t1.nii.gz", "t2.nii.gz"):
+            nib.save(nib.Nifti1Image(volume, affine), tmp_path / name)
+        files = [str(tmp_path / "t1.nii.gz"), str(tmp_path / "t2.nii.gz")]
+        pairs, _ = load_pairs(files, axis=2, spacing=2.0)
+        # rows and columns resampled by their own factors (was: both by 2.0 / 0.9)
+        assert pairs.spacing == pytest.approx((2.0, 2.0), rel=0.05)
+        raw, _ = load_pairs(files, axis=2)
+        assert raw.spacing[0] != raw.spacing[1]
+
+    def test_nifti_pair_with_other_pixel_sizes_is_refused(self, tmp_path) -> None:
+        volume = np.zeros((20, 24, 4), dtype=np.float32)
+        volume[4:16, 4:20] = 50.0
+        nib.save(nib.Nifti1Image(volume, np.eye(4)), tmp_path / "t1.nii.gz")
+        shifted = np.diag([2.0, 2.0, 1.0, 1.0])
+        shifted[:3, 3] = 50.0  # another origin alone would be a misalignment, and fine
+        nib.save(nib.Nifti1Image(volume, shifted), tmp_path / "t2.nii.gz")
+        files = [str(tmp_path / "t1.nii.gz"), str(tmp_path / "t2.nii.gz")]
+        with pytest.raises(
+            ValueError, match=r"same in-plane pixel size.*\(1.0, 1.0\).*\(2.0, 2.0\)"
+        ):
+            load_pairs(files, axis=2)
+        moved = np.eye(4)
+        moved[:3, 3] = 50.0
+        nib.save(nib.Nifti1Image(volume, moved), tmp_path / "t2.nii.gz")
+        assert len(load_pairs(files, axis=2)[0]) == 4
+
+    def test_slices_too_small_for_the_method_fail_before_out_dir(self, tmp_path) -> None:
+        out_dir = tmp_path / "run"
+        config = tiny_config(out_dir, method="nicegan", backbone={"base_channels": 4})
+        with pytest.raises(
+            ConfigError, match=r"slices \(32 x 32 px\) do not fit method 'nicegan'.*>= 96"
+        ):
+            Trainer(config, data=tiny_data(), progress=False)
+        assert not out_dir.exists()  # nothing claimed: the fixed config can use the same folder
+
+    def test_the_fit_check_leaves_the_random_state_alone(self, monkeypatch) -> None:
+        # MUNIT's generator side draws random styles: the check must not move the RNG
+        config = tiny_config(None, method="munit", mode="nc", backbone={"base_channels": 4})
+        Trainer(config, data=tiny_data(), progress=False)
+        with_check = torch.rand(3)
+        monkeypatch.setattr(Trainer, "_check_slices_fit_the_model", lambda self: None)
+        Trainer(config, data=tiny_data(), progress=False)
+        assert torch.equal(torch.rand(3), with_check)
 
     @pytest.mark.parametrize(
         ("source", "match"),
