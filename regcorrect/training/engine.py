@@ -489,11 +489,8 @@ class Trainer:
                     bar.update(1)
                     step = self.step
                     if step % self.config.log_every == 0 or step == end:
-                        row = self._mean_losses(sums, count)
+                        row = self._log_train_row(step, sums, count)
                         sums, count = {}, 0
-                        self.train_history.append({"step": float(step), **row})
-                        if self._logger is not None:
-                            self._logger.log("train", step, row)
                         bar.set_postfix(G=f"{row['G/total']:.3f}", D=f"{row['D/total']:.3f}")
                     if main and (step % self.config.eval_every == 0 or step == end):
                         metrics = self.evaluate(log=True)
@@ -521,6 +518,8 @@ class Trainer:
                 if main:
                     tqdm.write("regcorrect: interrupted inside a step; no checkpoint written")
             else:
+                if count:  # the steps since the last row: logged, not lost
+                    self._log_train_row(self.step, sums, count)
                 path = self.save_checkpoint()
                 if main and path is not None:
                     tqdm.write(f"regcorrect: interrupted at step {self.step}; checkpoint {path}")
@@ -535,6 +534,14 @@ class Trainer:
         if not self.eval_history:
             return {}
         return {k: v for k, v in self.eval_history[-1].items() if k != "step"}
+
+    def _log_train_row(self, step: int, sums: dict[str, float], count: int) -> dict[str, float]:
+        """Log the mean of ``count`` steps' losses (``sums``) as the row of ``step``."""
+        row = self._mean_losses(sums, count)
+        self.train_history.append({"step": float(step), **row})
+        if self._logger is not None:
+            self._logger.log("train", step, row)
+        return row
 
     def _check_finite(self, losses: dict[str, float]) -> None:
         """Raise :class:`DivergenceError` when a loss of this step is not finite on any rank."""

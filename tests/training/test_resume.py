@@ -90,6 +90,22 @@ def test_keyboard_interrupt_between_steps_saves_and_resume_finishes_identically(
     assert weights_equal(whole.model, resumed.model)
 
 
+def test_interrupt_logs_the_steps_since_the_last_row(tmp_path) -> None:
+    def interrupt_at_3(trainer: Trainer, losses: dict) -> None:
+        if trainer.step == 3:
+            raise KeyboardInterrupt
+
+    run = tmp_path / "run"
+    trainer = tiny_trainer(run, steps=6, log_every=2, checkpoint_every=100)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit(callback=interrupt_at_3)
+    # step 3's losses were dropped: no row held them
+    assert [row["step"] for row in read_csv_log(run / "train.csv")] == [2, 3]
+    resumed = tiny_resume(run)
+    resumed.fit()
+    assert [row["step"] for row in read_csv_log(run / "train.csv")] == [2, 3, 4, 6]
+
+
 def test_ctrl_c_finishes_the_step_then_saves(tmp_path) -> None:
     def press_ctrl_c(trainer: Trainer, losses: dict) -> None:
         if trainer.step == 2:
