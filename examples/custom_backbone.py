@@ -10,8 +10,9 @@ contrast, shifted by a few pixels):
    :class:`~regcorrect.RegistrationCorrection` wraps the generator with a registration network and
    its ``training_step`` does one RegGAN update (Eq. 9 of the paper) with your optimizers.
 
-With the same seed both paths compute the same updates (the same networks, losses and Adam
-settings), which ``tests/test_custom_backbone_example.py`` checks. Run::
+With the same seed both paths compute the same updates up to float rounding (the same networks,
+losses and Adam settings), which ``tests/test_custom_backbone_example.py`` checks over two steps;
+over many steps the rounding differences grow, as between any two GAN runs. Run::
 
     python examples/custom_backbone.py --steps 100
 

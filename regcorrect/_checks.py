@@ -7,6 +7,8 @@ expected and the received value, instead of an error from deep inside torch.
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from collections.abc import Sequence
 
@@ -25,6 +27,7 @@ __all__ = [
     "check_choice",
     "check_positive",
     "check_spatial_shape",
+    "check_fits_module",
 ]
 
 
@@ -64,8 +67,12 @@ def check_finite(value: Tensor, name: str) -> Tensor:
 
 
 def check_spatial_dims(spatial_dims: int, name: str = "spatial_dims") -> int:
-    """Raise ``ValueError`` unless ``spatial_dims`` is 2 or 3."""
-    if spatial_dims not in (2, 3):
+    """Raise ``ValueError`` unless ``spatial_dims`` is 2 or 3 (an int)."""
+    if (
+        not isinstance(spatial_dims, int)
+        or isinstance(spatial_dims, bool)
+        or spatial_dims not in (2, 3)
+    ):
         raise ValueError(f"{name} must be 2 or 3, got {spatial_dims!r}")
     return spatial_dims
 
@@ -138,12 +145,19 @@ def check_count(value: object, name: str, *, minimum: int = 0) -> int:
     return value
 
 
-def check_positive(value: float, name: str, *, strict: bool = True) -> None:
-    """Raise ``ValueError`` unless ``value`` is positive (``> 0``, or ``>= 0`` if not strict)."""
-    ok = value > 0 if strict else value >= 0
+def check_positive(value: float, name: str, *, strict: bool = True) -> float:
+    """``value`` as a float if it is a finite real number (not a bool) ``> 0`` (or ``>= 0`` if
+    not strict); else ``ValueError`` naming ``name``."""
+    sign = "> 0" if strict else ">= 0"
+    ok = (
+        isinstance(value, numbers.Real)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (value > 0 if strict else value >= 0)
+    )
     if not ok:
-        sign = "> 0" if strict else ">= 0"
-        raise ValueError(f"{name} must be {sign}, got {value!r}")
+        raise ValueError(f"{name} must be {sign} (a finite number), got {value!r}")
+    return float(value)
 
 
 def check_spatial_shape(
@@ -170,3 +184,24 @@ def check_spatial_shape(
     if not shape or min(shape) < 1:
         raise ValueError(f"{name} must hold sizes >= 1, got {shape}")
     return shape
+
+
+def check_fits_module(value: Tensor, name: str, module: torch.nn.Module, label: str) -> None:
+    """Raise unless ``value`` can enter ``module``: on its parameters' device (``ValueError``)
+    and of their dtype, or any float dtype autocast casts while it is on (``TypeError``)."""
+    weight = next(module.parameters(), None)
+    if weight is None:
+        return
+    check_same_device(**{name: value, "weights": weight})
+    allowed = {weight.dtype}
+    try:
+        autocast = bool(torch.is_autocast_enabled(value.device.type))
+    except (TypeError, RuntimeError):  # torch < 2.4 / a device type without autocast
+        autocast = False
+    if autocast:  # autocast casts these for the convolutions
+        allowed |= {torch.float32, torch.bfloat16, torch.float16}
+    if value.dtype not in allowed:
+        raise TypeError(
+            f"{name} has dtype {value.dtype} but {label}'s weights are {weight.dtype}: convert "
+            f"one of them ({name}.to({weight.dtype}) or the network .to({value.dtype}))"
+        )

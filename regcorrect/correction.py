@@ -23,6 +23,7 @@ from ._checks import (
     check_positive,
     check_rank,
     check_same_batch_and_spatial,
+    check_same_device,
     check_tensor,
 )
 from .losses.adversarial import GAN_MODES, discriminator_loss, generator_loss
@@ -108,6 +109,7 @@ def check_source(source: Tensor, target: Tensor) -> None:
     """Raise unless ``source`` is a float tensor with ``target``'s rank, batch and spatial size."""
     check_float(source, "source")
     check_rank(source, "source", (target.ndim,), f"with the rank of target {tuple(target.shape)}")
+    check_same_device(source=source, target=target)
     check_same_batch_and_spatial(source, target, "source", "target")
 
 
@@ -291,8 +293,10 @@ class RegistrationCorrection(nn.Module):
             if self.generator is None:
                 raise ValueError("translated must be given when the model has no generator")
             check_source(source, target)
+            check_same_device(source=source, target=target)
             translated = self.generator(source)
         check_float(translated, "translated")
+        check_same_device(translated=translated, target=target)
         if translated.shape != target.shape:
             raise ValueError(
                 f"translated (the generator's output) must have the target's shape "
@@ -367,8 +371,11 @@ class RegistrationCorrection(nn.Module):
                 (one such pixel would turn the weights of G, R and D into NaN).
         """
         check_choice(gan_mode, "gan_mode", GAN_MODES)
-        check_finite(check_tensor(source, "source"), "source")
-        check_finite(check_tensor(target, "target"), "target")
+        check_same_device(
+            source=check_tensor(source, "source"), target=check_tensor(target, "target")
+        )
+        check_finite(source, "source")
+        check_finite(target, "target")
         if (discriminator is None) != (optimizer_d is None):
             raise ValueError("discriminator and optimizer_d must be given together")
         optimizers = [optimizer_g] + ([optimizer_r] if optimizer_r is not None else [])

@@ -48,6 +48,9 @@ def _check_pair(prediction: Tensor, target: Tensor) -> None:
 
 def foreground_mask(target: Tensor, mask: Tensor | None = None, background: float = -1.0) -> Tensor:
     """Boolean foreground of ``target`` ``(B, C, *spatial)``: ``mask`` broadcast, or ``target != background``."""
+    check_tensor(target, "target")
+    if isinstance(background, bool) or not isinstance(background, (int, float)):
+        raise TypeError(f"background must be a number, got {background!r}")
     if mask is None:
         return target != background
     check_tensor(mask, "mask")

@@ -185,8 +185,12 @@ class TranslationModel(nn.Module):
         self.method = backbone.method
         self.backbone = backbone
         self.registration = registration
-        self.correction_weight = float(correction_weight)
-        self.smoothness_weight = float(smoothness_weight)
+        self.correction_weight = check_positive(
+            correction_weight, "correction_weight", strict=False
+        )
+        self.smoothness_weight = check_positive(
+            smoothness_weight, "smoothness_weight", strict=False
+        )
         check_positive(centering_weight, "centering_weight", strict=False)
         self.centering_weight = float(centering_weight)
         check_choice(initial_alignment, "initial_alignment", (None, *INITIAL_ALIGNMENTS))
@@ -303,6 +307,10 @@ class TranslationModel(nn.Module):
         check_rank(source, "source", (4,), "(B, C_in, H, W)")
         check_rank(target, "target", (4,), "(B, C_out, H, W)")
         check_same_batch_and_spatial(source, target, "source", "target")
+        if source.shape[0] == 0:
+            raise ValueError(
+                f"source and target must hold at least one image, got {tuple(source.shape)}"
+            )
         device, dtype = self.device, self.input_dtype
         return source.to(device, dtype), target.to(device, dtype)
 
@@ -605,7 +613,8 @@ def build_model(
             shift that the generator then exploits (see ``docs/training.md``), so it is opt-in;
             pair it with ``centering_weight`` (the noise sweep uses 10), which removes that
             incentive.
-        replay_buffer_size: discriminator history size (CycleGAN: 50; 0 = off).
+        replay_buffer_size: discriminator history size (default 0 = off; the official CycleGAN
+            code and ``TrainingConfig`` use 50).
         total_steps, decay_start: linear learning-rate decay to 0 from ``decay_start`` (default
             ``total_steps // 2``) to ``total_steps``; ``None`` = constant.
         ema_decay: keep an exponential moving average of the generators' weights with this
@@ -632,6 +641,11 @@ def build_model(
     mode = mode.lower() if isinstance(mode, str) else mode
     check_choice(method, "method", tuple(METHODS))
     check_choice(mode, "mode", MODES)
+    if device is not None:
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as error:
+            raise ValueError(f"device must name a torch device, got {device!r}: {error}") from None
     if seed is not None:
         torch.manual_seed(seed)
     common = dict(in_channels=in_channels, out_channels=out_channels, gan_mode=gan_mode)

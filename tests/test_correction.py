@@ -260,6 +260,13 @@ class TestRegistrationCorrection:
             model(torch.rand(2, 1, 4, 32, 32), target)
         with pytest.raises(TypeError, match="source"):
             model(None, target)
+        with pytest.raises(ValueError, match="source on cpu, target on meta"):
+            model(source, target.to("meta"))
+        with pytest.raises(ValueError, match="translated on meta, target on cpu"):
+            model(None, target, translated=torch.rand(2, 1, 32, 32, device="meta"))
+        for weight in (None, True, "a", math.inf):
+            with pytest.raises(ValueError, match="correction_weight must be >= 0"):
+                RegistrationCorrection(generator, RegUNet(channels=SMALL), correction_weight=weight)
         with pytest.raises(TypeError, match="target"):
             model(source, target.long())
         with pytest.raises(ValueError, match="target must be a 4-D or 5-D"):

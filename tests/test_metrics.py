@@ -268,3 +268,12 @@ class TestForegroundMask:
             metric(image, image.to("meta"))
         with pytest.raises(ValueError, match="target on cpu, mask on meta"):
             metric(image, image, torch.ones(1, 1, 8, 8, device="meta"))
+
+
+def test_foreground_mask_checks_target_and_background():
+    with pytest.raises(TypeError, match="target must be a torch.Tensor"):
+        foreground_mask(None)
+    image = torch.rand(1, 1, 8, 8)
+    for metric in (nmae, psnr):
+        with pytest.raises(TypeError, match="background must be a number"):
+            metric(image, image, background="x")

@@ -401,6 +401,18 @@ class TestErrors:
         assert model.step == 0
         model.train_step(images(), images(), mask=torch.ones(1, 1, 32, 32))
 
+    def test_empty_batch_device_and_weights_are_checked(self) -> None:
+        model = tiny_model("cyclegan", "nc")
+        empty = torch.zeros(0, 1, 32, 32)
+        with pytest.raises(ValueError, match="must hold at least one image"):
+            model.train_step(empty, empty)  # was all-NaN losses and a step taken
+        assert model.step == 0
+        with pytest.raises(ValueError, match="device must name a torch device.*'nonsense'"):
+            tiny_model("cyclegan", "nc", device="nonsense")
+        for name, value in (("correction_weight", -1.0), ("smoothness_weight", math.nan)):
+            with pytest.raises(ValueError, match=f"{name} must be >= 0"):
+                tiny_model("cyclegan", "nc+r", **{name: value})
+
     def test_unknown_backbone_option(self) -> None:
         with pytest.raises(TypeError, match="residual_blocks"):
             build_model("nicegan", "nc", residual_blocks=1)

@@ -28,6 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from .._checks import (
+    check_fits_module,
     check_float,
     check_rank,
     check_same_batch_and_spatial,
@@ -178,6 +179,7 @@ class ResnetGenerator(nn.Module):
     def check_input(self, image: Tensor, name: str = "image") -> None:
         """Raise ``TypeError``/``ValueError`` naming ``name`` unless ``image`` fits this network."""
         _check_images(image, name, self.in_channels)
+        check_fits_module(image, name, self, type(self).__name__)
         multiple = self.size_multiple
         minimum = max(4, 2 * multiple)
         height, width = image.shape[-2:]
@@ -265,6 +267,7 @@ class PatchDiscriminator(nn.Module):
     def check_input(self, image: Tensor, name: str = "image") -> None:
         """Raise ``TypeError``/``ValueError`` naming ``name`` unless ``image`` fits this network."""
         _check_images(image, name, self.in_channels)
+        check_fits_module(image, name, self, type(self).__name__)
         height, width = image.shape[-2:]
         heights, widths = self._feature_sizes(height), self._feature_sizes(width)
         # instance norm needs more than one value per channel, the output at least one score

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_float, check_positive, check_rank
+from .._checks import check_choice, check_fits_module, check_float, check_positive, check_rank
 from ._munit_layers import (
     STYLE_ENCODER_DOWNSAMPLING,
     AdaINDecoder,
@@ -406,6 +406,7 @@ class MUNITBackbone(TranslationBackbone):
     def _check_image(self, image: Tensor, name: str, channels: int) -> None:
         check_float(image, name)
         check_rank(image, name, (4,), f"(B, {channels}, H, W)")
+        check_fits_module(image, name, self, type(self).__name__)
         if image.shape[1] != channels:
             raise ValueError(
                 f"{name} must have {channels} channels (B, {channels}, H, W), "

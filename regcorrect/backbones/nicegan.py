@@ -28,7 +28,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_float, check_positive, check_rank
+from .._checks import check_fits_module, check_float, check_positive, check_rank
 from ..losses.cycle import cycle_loss
 from ._nicegan_layers import (
     ENCODER_DOWNSAMPLINGS,
@@ -319,6 +319,7 @@ class NICEGANBackbone(TranslationBackbone):
     def _check_images(self, images: Tensor, name: str, channels: int, *, minimum: int) -> None:
         check_float(images, name)
         check_rank(images, name, (4,), "(B, C, H, W)")
+        check_fits_module(images, name, self, type(self).__name__)
         _, received_channels, height, width = images.shape
         if received_channels != channels:
             raise ValueError(

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_float, check_positive, check_rank
+from .._checks import check_choice, check_fits_module, check_float, check_positive, check_rank
 from ..losses.cycle import cycle_loss
 from ._unit_layers import (
     DomainDecoder,
@@ -402,6 +402,7 @@ class UNITBackbone(TranslationBackbone):
     def _check_image(self, image: Tensor, name: str, channels: int) -> None:
         check_float(image, name)
         check_rank(image, name, (4,), "(B, C, H, W)")
+        check_fits_module(image, name, self, type(self).__name__)
         if image.shape[1] != channels:
             raise ValueError(
                 f"{name} must have {channels} channel(s), shape (B, {channels}, H, W), "

@@ -23,7 +23,14 @@ import torch
 from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
 from torch import Tensor
 
-from regcorrect._checks import check_count, check_finite, check_float, check_rank, check_tensor
+from regcorrect._checks import (
+    check_count,
+    check_finite,
+    check_float,
+    check_rank,
+    check_same_device,
+    check_tensor,
+)
 
 __all__ = ["Misalignment", "NOISE_LEVELS", "compose_affine"]
 
@@ -223,6 +230,13 @@ class Misalignment:
                 f"got {tuple(matrices.shape)}"
             )
         check_finite(matrices, "matrices")
+        determinants = torch.linalg.det(matrices[:, :, :2].double())
+        if bool((determinants.abs() < 1e-12).any()):
+            singular = (determinants.abs() < 1e-12).nonzero().flatten().tolist()
+            raise ValueError(
+                f"matrices must be invertible (an affine map that does not collapse the image), "
+                f"but those at index {singular} are singular"
+            )
         identity = torch.eye(2, 3, dtype=matrices.dtype, device=matrices.device)
         if torch.equal(matrices, identity.expand_as(matrices)):
             return images.clone()
@@ -256,6 +270,14 @@ def compose_affine(outer: Tensor, inner: Tensor) -> Tensor:
         check_float(matrix, name)
         if matrix.ndim != 3 or matrix.shape[-2:] != (2, 3):
             raise ValueError(f"{name} must have shape (N, 2, 3), got {tuple(matrix.shape)}")
+    check_same_device(outer=outer, inner=inner)
+    if outer.shape[0] != inner.shape[0] and 1 not in (outer.shape[0], inner.shape[0]):
+        raise ValueError(
+            f"outer and inner must have the same batch size, or one of them 1 (broadcast), got "
+            f"{tuple(outer.shape)} and {tuple(inner.shape)}"
+        )
+    dtype = torch.promote_types(outer.dtype, inner.dtype)
+    outer, inner = outer.to(dtype), inner.to(dtype)
     linear = outer[..., :2] @ inner[..., :2]
     return torch.cat([linear, outer[..., :2] @ inner[..., 2:] + outer[..., 2:]], dim=-1)
 

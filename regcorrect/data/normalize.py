@@ -27,8 +27,12 @@ NormalizeMethod = Literal["minmax", "percentile"]
 
 
 def _check_percentiles(percentiles: tuple[float, float]) -> tuple[float, float]:
-    if not isinstance(percentiles, (tuple, list)) or len(percentiles) != 2:
-        raise ValueError(f"percentiles must be a pair (low, high), got {percentiles!r}")
+    if (
+        not isinstance(percentiles, (tuple, list))
+        or len(percentiles) != 2
+        or not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in percentiles)
+    ):
+        raise ValueError(f"percentiles must be a pair (low, high) of numbers, got {percentiles!r}")
     low, high = float(percentiles[0]), float(percentiles[1])
     if not 0.0 <= low < high <= 100.0:
         raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100, got {percentiles!r}")
@@ -137,6 +141,8 @@ def normalize_intensity(
         raise TypeError(f"per_sample must be a bool, got {type(per_sample).__name__}")
     if not per_sample or image.ndim == 0:
         return _normalize_one(image, foreground, method=method, percentiles=percentiles)
+    if image.shape[0] == 0:  # no sample: nothing to normalise
+        return image.clone()
     flat = rearrange(image, "n ... -> n (...)")
     flat_foreground = rearrange(foreground, "n ... -> n (...)")
     rows = [

@@ -8,9 +8,11 @@ Convention:
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -108,6 +110,8 @@ class PairedSlices:
         return int(self.source.shape[0])
 
     def __getitem__(self, key: int | slice | Sequence[int] | Tensor) -> PairedSlices:
+        if not isinstance(key, (int, slice)) and np.ndim(key) == 0:  # numpy / 0-d tensor int
+            key = operator.index(key)
         if isinstance(key, int):
             if not -len(self) <= key < len(self):
                 raise IndexError(f"index {key} is out of range for {len(self)} slices")
@@ -137,6 +141,11 @@ def _with_background(image: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, image.clamp(-1.0, 1.0), torch.full_like(image, -1.0))
 
 
+def _check_pairs(pairs: object) -> None:
+    if not isinstance(pairs, PairedSlices):
+        raise TypeError(f"pairs must be PairedSlices, got {type(pairs).__name__}")
+
+
 def resample_pairs(pairs: PairedSlices, *, factor: float | tuple[float, float]) -> PairedSlices:
     """Resample to a grid whose pixels are ``factor`` times larger (``2.0`` halves ``H`` and ``W``).
 
@@ -154,6 +163,7 @@ def resample_pairs(pairs: PairedSlices, *, factor: float | tuple[float, float]) 
     Returns:
         Resampled pairs; ``factor=1.0`` returns ``pairs`` unchanged.
     """
+    _check_pairs(pairs)
     factors = tuple(factor) if isinstance(factor, (tuple, list)) else (factor, factor)
     if len(factors) != 2 or not all(
         isinstance(f, (int, float)) and not isinstance(f, bool) for f in factors
@@ -217,6 +227,7 @@ def pad_or_crop_pairs(pairs: PairedSlices, *, size: int | tuple[int, int]) -> Pa
     Returns:
         Pairs of shape ``(N, 1, H', W')``.
     """
+    _check_pairs(pairs)
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
     if (

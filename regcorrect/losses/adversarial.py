@@ -145,7 +145,8 @@ class GANLoss(nn.Module):
 
         For ``"hinge"`` this is the discriminator form.
         """
-        check_choice(target_is_real, "target_is_real", (True, False))
+        if not isinstance(target_is_real, bool):  # 1 == True, but a loss target is no int
+            raise ValueError(f"target_is_real must be True or False, got {target_is_real!r}")
         items = _as_list(prediction, "prediction")
         return torch.stack([_single(p, target_is_real, self.mode, True) for p in items]).mean()
 

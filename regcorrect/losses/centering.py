@@ -31,6 +31,7 @@ from .._checks import (
     check_choice,
     check_displacement,
     check_positive,
+    check_same_device,
     check_spatial_dims,
     check_tensor,
 )
@@ -50,6 +51,7 @@ def target_foreground(target: Tensor, mask: Tensor | None = None) -> Tensor:
     """``(B, 1, *spatial)`` boolean: pixels where ``mask`` (broadcast) or any channel of
     ``target`` is foreground (``!= -1``) — the weights :class:`CenteredCorrection` tracks R's
     mean field over in the training steps."""
+    check_tensor(target, "target")
     return foreground_mask(target, mask).any(dim=1, keepdim=True)
 
 
@@ -57,6 +59,7 @@ def _check_weights(weights: Tensor | None, displacement: Tensor) -> None:
     if weights is None:
         return
     check_tensor(weights, "weights")
+    check_same_device(displacement=displacement, weights=weights)
     expected = (displacement.shape[0], 1, *displacement.shape[2:])
     if weights.ndim != displacement.ndim or any(
         w not in (1, e) for w, e in zip(weights.shape, expected, strict=True)
@@ -76,8 +79,8 @@ def batch_mean_displacement(displacement: Tensor, weights: Tensor | None = None)
         weights: ``None`` (plain mean) or non-negative weights broadcastable to
             ``(B, 1, *spatial)``, e.g. the foreground of the target (in the background the
             correction loss does not constrain the field, so R can move it freely and cancel a
-            shift of the foreground in a plain mean). All-zero weights fall back to the plain
-            mean.
+            shift of the foreground in a plain mean). All-zero weights (and an empty batch)
+            fall back to the plain mean; negative or non-finite weights are an error.
 
     Returns:
         ``(N,)`` (float32, or float64 for a float64 field).
@@ -98,6 +101,8 @@ def batch_mean_displacement(displacement: Tensor, weights: Tensor | None = None)
     if weights is None:
         return reduce(field, "b n ... -> n", "mean")
     w = weights.detach().to(field.dtype).expand(field.shape[0], 1, *field.shape[2:])
+    if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
+        raise ValueError("weights must be finite and >= 0")
     total = w.sum()
     if total <= 0:
         return reduce(field, "b n ... -> n", "mean")
@@ -138,7 +143,17 @@ def centered_correction_loss(
         tensor(0.)
     """
     n = check_displacement(displacement, "displacement")
+    check_tensor(translated, "translated")
+    check_tensor(target, "target")
     check_tensor(offset, "offset")
+    check_same_device(
+        translated=translated, target=target, displacement=displacement, offset=offset
+    )
+    if translated.shape != target.shape:
+        raise ValueError(
+            f"translated and target must have the same shape, got {tuple(translated.shape)} "
+            f"and {tuple(target.shape)}"
+        )
     if offset.shape != (n,):
         raise ValueError(
             f"offset must have shape ({n},) (one value per displacement channel), got "
@@ -210,7 +225,7 @@ class CenteredCorrection(nn.Module):
                 f"{tuple(displacement.shape)}"
             )
         offset = self.running_mean.clone()
-        if self.training:
+        if self.training and displacement.shape[0] > 0:  # an empty batch has no mean
             with torch.no_grad():
                 mean = batch_mean_displacement(displacement.detach(), weights)
                 if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

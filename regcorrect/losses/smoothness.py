@@ -59,31 +59,48 @@ def bending_energy(displacement: Tensor) -> Tensor:
     """Bending energy: mean over pixels of the sum of squared second derivatives.
 
     ``sum_{a, b} (d² u / d a d b)²`` with both mixed terms ``(a, b)`` and ``(b, a)`` counted, by
-    central second differences on the interior (like MONAI's ``BendingEnergyLoss`` with
-    ``normalize=False``), averaged over batch, channels and pixels.
+    compact central differences — ``u[i+1] - 2 u[i] + u[i-1]`` for the pure terms, the 4-point
+    stencil ``(u[i+1, j+1] - u[i+1, j-1] - u[i-1, j+1] + u[i-1, j-1]) / 4`` for the mixed ones —
+    on the interior (every spatial axis cropped to ``[1:-1]``), averaged over batch, channels
+    and pixels, in pixel units. This is MONAI's ``BendingEnergyLoss(normalize=False)`` as of
+    MONAI 1.6 (earlier MONAI releases and DeepReg took the central gradient of the central
+    gradient, a stencil twice as wide for the pure terms).
 
     Args:
-        displacement: ``(B, N, *spatial)``, every spatial size ``>= 5``.
+        displacement: ``(B, N, *spatial)``, every spatial size ``>= 3``.
 
     Returns:
         Scalar tensor (float32, or float64 for a float64 field); 0 for any affine field.
     """
     n = check_displacement(displacement, "displacement")
-    if any(s < 5 for s in displacement.shape[2:]):
+    if any(s < 3 for s in displacement.shape[2:]):
         raise ValueError(
-            "bending_energy needs at least 5 samples along each spatial axis, got shape "
+            "bending_energy needs at least 3 samples along each spatial axis, got shape "
             f"{tuple(displacement.shape)}"
         )
     field = _at_least_float32(displacement)
     axes = list(range(2, 2 + n))
-    first = [torch.gradient(field, dim=a)[0] for a in axes]
+
+    def shifted(offsets: dict[int, int]) -> Tensor:
+        """``field`` on the interior, moved by ``offsets[axis]`` in {-1, 0, 1} per axis."""
+        index = [slice(None), slice(None)]
+        for axis in axes:
+            offset = offsets.get(axis, 0)
+            index.append(slice(1 + offset, field.shape[axis] - 1 + offset))
+        return field[tuple(index)]
+
     energy = torch.zeros((), dtype=field.dtype, device=field.device)
-    crop = (slice(None), slice(None)) + (slice(2, -2),) * n
-    for i in range(n):
-        for j in range(i, n):  # d²u/da db == d²u/db da: count mixed terms twice
-            second = torch.gradient(first[i], dim=axes[j])[0]
-            weight = 1.0 if i == j else 2.0
-            energy = energy + weight * second[crop].square().mean()
+    for i, a in enumerate(axes):
+        pure = shifted({a: 1}) - 2 * shifted({}) + shifted({a: -1})
+        energy = energy + pure.square().mean()
+        for b in axes[i + 1 :]:  # d²u/da db == d²u/db da: counted twice
+            mixed = (
+                shifted({a: 1, b: 1})
+                - shifted({a: 1, b: -1})
+                - shifted({a: -1, b: 1})
+                + shifted({a: -1, b: -1})
+            ) / 4
+            energy = energy + 2 * mixed.square().mean()
     return energy
 
 

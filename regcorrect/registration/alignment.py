@@ -232,6 +232,8 @@ def moment_alignment(
     ):
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value!r}")
     if not isinstance(rotation, bool):
         raise TypeError(f"rotation must be a bool, got {type(rotation).__name__}")
     if not 0 < max_rotation_deg <= 180:
@@ -242,6 +244,11 @@ def moment_alignment(
     if not foreground_ramp > 0:
         raise ValueError(f"foreground_ramp must be > 0, got {foreground_ramp!r}")
     check_count(refine_steps, "refine_steps")
+    if refine_steps and min(moving.shape[2:]) < 2:
+        raise ValueError(
+            f"refine_steps > 0 needs at least 2 pixels along each spatial axis (it "
+            f"differentiates the image), got shape {tuple(moving.shape)}"
+        )
     foreground_ramp = float(foreground_ramp)
     dtype = torch.float64 if torch.float64 in (moving.dtype, fixed.dtype) else torch.float32
     spatial = tuple(moving.shape[2:])

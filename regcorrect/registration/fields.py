@@ -130,7 +130,7 @@ def integrate_velocity(velocity: Tensor, steps: int = 7) -> Tensor:
         True
     """
     check_displacement(velocity, "velocity")
-    if not isinstance(steps, int) or steps < 0:
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
         raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
     displacement = velocity / (2**steps)
     for _ in range(steps):

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -46,12 +47,14 @@ from .._checks import (
     check_choice,
     check_count,
     check_displacement,
+    check_fits_module,
     check_float,
     check_rank,
     check_same_device,
     check_spatial_dims,
+    check_spatial_shape,
 )
-from .._precision import autocast_enabled, without_autocast
+from .._precision import without_autocast
 from .alignment import moment_alignment
 from .fields import compose, integrate_velocity
 from .grid import centred_coordinates, centring_half, moment_basis, moment_count
@@ -185,6 +188,10 @@ class _ConvAct(nn.Sequential):
         super().__init__(*layers)
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
 class RegUNet(nn.Module):
     """Residual U-Net registration network ``R(moving, fixed) -> displacement``.
 
@@ -260,16 +267,18 @@ class RegUNet(nn.Module):
         for name, flag in (("affine", affine), ("diffeomorphic", diffeomorphic)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
+        if (
+            isinstance(channels, (str, bytes))
+            or not isinstance(channels, Sequence)
+            or len(channels) < 2
+            or not all(_is_int(c) and c >= 1 for c in channels)
+        ):
+            raise ValueError(f"channels must list >= 2 positive int widths, got {channels!r}")
         channels = tuple(int(c) for c in channels)
         self.min_bottleneck = min_bottleneck
         if image_size is not None:
-            if len(image_size) != spatial_dims:
-                raise ValueError(
-                    f"image_size must have {spatial_dims} entries, got {tuple(image_size)!r}"
-                )
+            image_size = check_spatial_shape(image_size, "image_size", spatial_dims)
             channels = channels[: max(2, self._fit(image_size))]
-        if len(channels) < 2 or min(channels) < 1:
-            raise ValueError(f"channels must list >= 2 positive widths, got {channels!r}")
         check_choice(affine_features, "affine_features", AFFINE_FEATURES)
         self.spatial_dims = spatial_dims
         self.in_channels = in_channels
@@ -407,16 +416,7 @@ class RegUNet(nn.Module):
                 f"x must have in_channels={self.in_channels} channels (cat([moving, fixed], dim=1)), "
                 f"got shape {tuple(x.shape)}"
             )
-        weight = next(self.parameters())
-        check_same_device(x=x, weights=weight)
-        allowed = {weight.dtype}
-        if autocast_enabled(x.device.type):  # autocast casts these for the convolutions
-            allowed |= {torch.float32, torch.bfloat16, torch.float16}
-        if x.dtype not in allowed:
-            raise TypeError(
-                f"x has dtype {x.dtype} but RegUNet's weights are {weight.dtype}: convert one of "
-                f"them (x.to({weight.dtype}) or net.to({x.dtype}))"
-            )
+        check_fits_module(x, "x", self, "RegUNet")
         if self.levels_for(x.shape[2:]) < 2:
             needed = self.min_bottleneck * 4
             raise ValueError(

@@ -296,7 +296,7 @@ def warp(
     device_type = image.device.type
     # (the checks below skip no-op calls: at small sizes the per-call Python cost is the warp's)
     with without_autocast(device_type):
-        batch = max(batch_image, batch_field)
+        batch = batch_field if batch_image == 1 else batch_image  # (a batch 1 broadcasts, to 0 too)
         source = image if image.dtype == dtype else image.to(dtype)
         field = displacement if displacement.dtype == dtype else displacement.to(dtype)
         if batch_image != batch:

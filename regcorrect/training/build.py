@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..modes import TranslationModel, build_model
-from .checkpoint import load_checkpoint
+from .checkpoint import check_checkpoint, load_checkpoint
 from .config import ConfigError, TrainingConfig
 
 __all__ = ["build_from_config", "load_model", "checkpoint_path", "CHECKPOINT_NAME"]
@@ -36,6 +36,8 @@ def build_from_config(
         ConfigError: a ``backbone`` / ``registration`` option the networks do not accept, or a
             value they reject.
     """
+    if not isinstance(config, TrainingConfig):
+        raise TypeError(f"config must be a TrainingConfig, got {type(config).__name__}")
     options = dict(config.backbone)
     for key in ("adversarial_weight", "cycle_weight"):
         value = getattr(config, key)
@@ -88,7 +90,9 @@ def load_model(
         device: where to put the model.
     """
     state = (
-        checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint_path(checkpoint))
+        check_checkpoint(checkpoint, "the checkpoint dict")
+        if isinstance(checkpoint, dict)
+        else load_checkpoint(checkpoint_path(checkpoint))
     )
     config = TrainingConfig.from_dict(state["config"])
     model = build_from_config(config, tuple(state["image_size"]), device=device)

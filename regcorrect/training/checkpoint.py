@@ -109,16 +109,21 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(
             f"checkpoint {str(path)!r} is corrupt or not a torch file ({reason[:200]})"
         ) from None
+    return check_checkpoint(state, repr(str(path)))
+
+
+def check_checkpoint(state: object, label: str = "the checkpoint") -> dict[str, Any]:
+    """``state`` if it is a regcorrect checkpoint dict of this version with every required
+    entry, else :class:`CheckpointError` naming ``label``."""
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not a regcorrect checkpoint")
+        raise CheckpointError(f"{label} is not a regcorrect checkpoint")
     if state.get("version") != VERSION:
         raise CheckpointError(
-            f"checkpoint {str(path)!r} has version {state.get('version')!r}; this regcorrect "
-            f"reads version {VERSION}"
+            f"{label} has version {state.get('version')!r}; this regcorrect reads version {VERSION}"
         )
     missing = [key for key in _REQUIRED if key not in state]
     if missing:
-        raise CheckpointError(f"checkpoint {str(path)!r} lacks {', '.join(missing)}")
+        raise CheckpointError(f"{label} lacks {', '.join(missing)}")
     return state
 
 

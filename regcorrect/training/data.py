@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._checks import check_count
 from ..data import (
     MisalignedPairs,
     PairedSlices,
@@ -191,6 +192,13 @@ class StepSampler:
     def __init__(
         self, num_items: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1
     ) -> None:
+        check_count(num_items, "num_items", minimum=1)
+        check_count(batch_size, "batch_size", minimum=1)
+        check_count(seed, "seed")
+        check_count(world_size, "world_size", minimum=1)
+        check_count(rank, "rank")
+        if rank >= world_size:
+            raise ValueError(f"rank must be < world_size={world_size}, got {rank}")
         if batch_size > num_items:
             raise ValueError(
                 f"batch_size={batch_size} is larger than the {num_items} training slices"
@@ -210,7 +218,7 @@ class StepSampler:
 
     def epoch(self, step: int) -> int:
         """The epoch step ``step`` (0-based) belongs to."""
-        return step // self.steps_per_epoch
+        return check_count(step, "step") // self.steps_per_epoch
 
     def permutation(self, epoch: int) -> Tensor:
         """The shuffled slice order of ``epoch``."""
@@ -222,7 +230,7 @@ class StepSampler:
 
     def global_batch(self, step: int) -> list[int]:
         """Slice indices of the whole batch of ``step`` (all processes)."""
-        position = step % self.steps_per_epoch
+        position = check_count(step, "step") % self.steps_per_epoch
         order = self.permutation(self.epoch(step))
         return order[position * self.batch_size : (position + 1) * self.batch_size].tolist()
 

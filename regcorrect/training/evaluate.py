@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from .._checks import check_count
 from ..data import AlignedPairs, MisalignedPairs, Misalignment, PairedSlices
 from ..metrics import nmae, psnr, ssim
 
@@ -20,6 +21,11 @@ __all__ = ["evaluate_translation", "evaluate_model", "fit_linear_map", "METRICS"
 
 #: Metric names, in report order; lower is better only for ``"nmae"``.
 METRICS = ("nmae", "psnr", "ssim")
+
+
+def _check_pairs(pairs: object) -> None:
+    if not isinstance(pairs, PairedSlices):
+        raise TypeError(f"pairs must be PairedSlices, got {type(pairs).__name__}")
 
 
 def _test_batches(
@@ -62,6 +68,12 @@ def evaluate_translation(
     Returns:
         ``{"nmae", "psnr", "ssim"}``: means over slices, each computed on the foreground mask.
     """
+    if not callable(translate):
+        raise TypeError(f"translate must be callable, got {type(translate).__name__}")
+    _check_pairs(pairs)
+    check_count(batch_size, "batch_size", minimum=1)
+    if len(pairs) == 0:
+        raise ValueError("pairs must hold at least one slice")
     values: dict[str, list[Tensor]] = {name: [] for name in METRICS}
     for source, target, mask in _test_batches(pairs, batch_size, noise_level, seed):
         prediction = translate(source).float().cpu().clamp(-1.0, 1.0)
@@ -74,7 +86,12 @@ def evaluate_model(
     model: torch.nn.Module, pairs: PairedSlices, **options: object
 ) -> dict[str, float]:
     """:func:`evaluate_translation` of ``model.translate`` (a :class:`TranslationModel`)."""
-    return evaluate_translation(model.translate, pairs, **options)  # type: ignore[arg-type]
+    translate = getattr(model, "translate", None)
+    if not callable(translate):
+        raise TypeError(
+            f"model must have a translate method (a TranslationModel), got {type(model).__name__}"
+        )
+    return evaluate_translation(translate, pairs, **options)  # type: ignore[arg-type]
 
 
 def fit_linear_map(pairs: PairedSlices) -> tuple[float, float]:
@@ -85,7 +102,13 @@ def fit_linear_map(pairs: PairedSlices) -> tuple[float, float]:
 
     Returns:
         ``(a, b)``.
+
+    Raises:
+        ValueError: no foreground pixel (an all-false ``pairs.mask``).
     """
+    _check_pairs(pairs)
+    if not bool(pairs.mask.any()):
+        raise ValueError("pairs has no foreground pixel (its mask is all false): nothing to fit")
     source = pairs.source[pairs.mask].double()
     target = pairs.target[pairs.mask].double()
     design = torch.stack([source, torch.ones_like(source)], dim=1)

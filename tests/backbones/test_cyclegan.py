@@ -364,3 +364,14 @@ def test_parameter_counts_at_paper_configuration() -> None:
     for name, model in [("C", CycleGAN()), ("NC", CycleGAN(cyclic=False)), ("pix2pix", Pix2Pix())]:
         found = (parameter_count(model.generators()), parameter_count(model.discriminators()))
         assert found == counts[name], name
+
+
+def test_networks_name_a_dtype_or_device_that_does_not_fit() -> None:
+    generator = ResnetGenerator(base_channels=4, num_residual_blocks=1)
+    with pytest.raises(TypeError, match="image has dtype torch.bfloat16 but ResnetGenerator"):
+        generator(torch.rand(1, 1, 8, 8, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="image on meta, weights on cpu"):
+        generator(torch.rand(1, 1, 8, 8, device="meta"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast casts for the convolutions
+        assert generator(torch.rand(1, 1, 8, 8, dtype=torch.bfloat16)).shape == (1, 1, 8, 8)
+    assert generator.double()(torch.rand(1, 1, 8, 8, dtype=torch.float64)).dtype == torch.float64

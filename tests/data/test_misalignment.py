@@ -190,3 +190,15 @@ class TestMisalignment:
             noise(torch.ones(1, 1, 4, 4), params={"angle_deg": torch.zeros(1)})
         with pytest.raises(ValueError, match="size"):
             Misalignment.matrices(params(), (0, 4))
+
+
+def test_compose_affine_and_warp_errors():
+    identity = torch.eye(2, 3).expand(2, 2, 3)
+    with pytest.raises(ValueError, match="same batch size, or one of them 1"):
+        compose_affine(identity, torch.eye(2, 3).expand(3, 2, 3))
+    mixed = compose_affine(identity.half(), identity.double())  # promoted
+    assert mixed.dtype == torch.float64
+    with pytest.raises(ValueError, match="outer on cpu, inner on meta"):
+        compose_affine(identity, identity.to("meta"))
+    with pytest.raises(ValueError, match=r"matrices must be invertible.*index \[0\]"):
+        Misalignment.warp(torch.rand(1, 1, 6, 6), torch.zeros(1, 2, 3))  # was all NaN

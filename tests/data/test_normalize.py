@@ -79,3 +79,9 @@ class TestNormalizeIntensity:
             normalize_intensity(x, mask=torch.ones(4, 4))
         with pytest.raises(ValueError, match="finite"):
             normalize_intensity(torch.tensor([1.0, float("nan")]))
+
+
+def test_empty_batch_and_bad_percentiles():
+    assert normalize_intensity(torch.zeros(0, 3), per_sample=True).shape == (0, 3)
+    with pytest.raises(ValueError, match="percentiles must be a pair"):
+        normalize_intensity(torch.rand(4, 4), method="percentile", percentiles=("a", "b"))

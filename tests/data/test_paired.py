@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -66,3 +67,13 @@ class TestGridChanges:
         assert resample_pairs(pairs, factor=(1.0, 1.0)) is pairs
         with pytest.raises(ValueError, match="size"):
             pad_or_crop_pairs(pairs, size=(3,))  # type: ignore[arg-type]
+
+
+def test_zero_dim_indices_and_type_errors() -> None:
+    pairs = make_pairs()
+    for key in (np.int64(1), torch.tensor(1)):
+        assert torch.equal(pairs[key].source, pairs[1].source)
+    with pytest.raises(TypeError, match="pairs must be PairedSlices, got Tensor"):
+        pad_or_crop_pairs(torch.zeros(1, 1, 4, 4), size=4)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="pairs must be PairedSlices"):
+        resample_pairs(torch.zeros(1, 1, 4, 4), factor=2.0)  # type: ignore[arg-type]

@@ -168,7 +168,8 @@ class TestGANLoss:
     def test_exception(self):
         with pytest.raises(ValueError, match="mode"):
             GANLoss("wgan-gp")
-        with pytest.raises(ValueError, match="target_is_real"):
-            GANLoss()(FAKE, "real")
+        for target_is_real in ("real", 1):  # 1 == True, but no bool
+            with pytest.raises(ValueError, match="target_is_real"):
+                GANLoss()(FAKE, target_is_real)
         with pytest.raises(TypeError, match="prediction"):
             GANLoss()([], True)

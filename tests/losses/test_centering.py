@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -194,3 +196,28 @@ def test_target_foreground_is_any_channel_or_the_mask() -> None:
     mask = torch.zeros(2, 1, 4, 5)
     mask[1, :, 0] = 1.0
     assert target_foreground(target, mask).nonzero()[:, 0].unique().tolist() == [1]
+
+
+def test_empty_batch_leaves_the_running_mean_alone():
+    centring = CenteredCorrection(2)
+    centring(torch.rand(0, 1, 6, 6), torch.rand(0, 1, 6, 6), torch.zeros(0, 2, 6, 6))
+    assert torch.equal(centring.running_mean, torch.zeros(2))  # was NaN for good
+    loss = centring(torch.rand(1, 1, 6, 6), torch.rand(1, 1, 6, 6), torch.ones(1, 2, 6, 6))
+    assert torch.isfinite(loss)
+
+
+def test_shapes_devices_and_weights_are_checked():
+    image, field = torch.rand(2, 1, 6, 6), torch.zeros(2, 2, 6, 6)
+    with pytest.raises(ValueError, match="translated and target must have the same shape"):
+        centered_correction_loss(image[:1], image, field, torch.zeros(2))
+    with pytest.raises(ValueError, match="offset on meta"):
+        centered_correction_loss(image, image, field, torch.zeros(2, device="meta"))
+    with pytest.raises(ValueError, match="weights must be finite and >= 0"):
+        batch_mean_displacement(field, -torch.ones(2, 1, 6, 6))
+    with pytest.raises(ValueError, match="weights on meta"):
+        batch_mean_displacement(field, torch.ones(2, 1, 6, 6, device="meta"))
+    for momentum in (True, "a", math.nan):
+        with pytest.raises(ValueError, match="momentum must be > 0"):
+            CenteredCorrection(2, momentum)
+    with pytest.raises(ValueError, match="spatial_dims must be 2 or 3"):
+        CenteredCorrection(2.0)

@@ -328,3 +328,12 @@ class TestMomentAlignment:
             moment_alignment(image, image, weights="foreground", foreground_ramp=0)
         with pytest.raises(ValueError, match=r"batch and spatial.*\(2, 1, 16, 16\)"):
             moment_alignment(image, torch.zeros(2, 1, 16, 16))
+
+
+def test_refinement_needs_two_pixels_per_axis_and_finite_options():
+    image = torch.rand(1, 1, 1, 9)
+    assert moment_alignment(image, image).shape == (1, 2, 3)  # the closed form works
+    with pytest.raises(ValueError, match="refine_steps > 0 needs at least 2 pixels"):
+        moment_alignment(image, image, refine_steps=1)
+    with pytest.raises(ValueError, match="background must be finite"):
+        moment_alignment(torch.rand(1, 1, 8, 8), torch.rand(1, 1, 8, 8), background=math.nan)

@@ -240,6 +240,8 @@ class TestIntegrateVelocity:
     def test_errors(self):
         with pytest.raises(ValueError, match="steps"):
             integrate_velocity(torch.zeros(1, 2, 4, 4), -1)
+        with pytest.raises(ValueError, match="steps must be an integer >= 0, got True"):
+            integrate_velocity(torch.zeros(1, 2, 4, 4), True)
 
 
 class TestJacobian:

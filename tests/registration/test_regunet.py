@@ -204,6 +204,19 @@ class TestRegUNet:
         for name in ("affine", "diffeomorphic"):
             with pytest.raises(TypeError, match=f"{name} must be True or False, got 'maybe'"):
                 RegUNet(channels=SMALL, **{name: "maybe"})
+        with pytest.raises(ValueError, match="spatial_dims must be 2 or 3, got 2.0"):
+            RegUNet(2.0, 2)
+        for channels in (None, 4, (2.5, 3.9), ("a", "b"), (8,)):
+            with pytest.raises(ValueError, match="channels must list >= 2 positive int widths"):
+                RegUNet(channels=channels)
+        for image_size, error in (
+            ("32", TypeError),
+            (32, TypeError),
+            ((0, 32), ValueError),
+            ((32.5, 32), TypeError),
+        ):
+            with pytest.raises(error, match="image_size"):
+                RegUNet(channels=SMALL, image_size=image_size)
         with pytest.raises(ValueError, match="image_size must have 2 entries"):
             RegUNet(image_size=(32, 32, 32))
         trimmed = RegUNet(channels=(8, 16, 32, 64), image_size=(32, 32))

@@ -358,3 +358,11 @@ class TestWarp:
             warp(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2, 4, 4), padding_mode="wrap")
         with pytest.raises(ValueError, match="bicubic"):
             warp(torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 3, 4, 4, 4), mode="bicubic")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_empty_batch_broadcasts_against_batch_one(dims):
+    spatial = (5, 6, 7)[:dims]
+    empty_images = warp(torch.rand(0, 2, *spatial), torch.zeros(1, dims, *spatial))
+    empty_fields = warp(torch.rand(1, 2, *spatial), torch.zeros(0, dims, *spatial))
+    assert empty_images.shape == empty_fields.shape == (0, 2, *spatial)

@@ -3,6 +3,7 @@ helpers and slice-wise inference."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import nibabel as nib
@@ -16,6 +17,7 @@ from regcorrect.training import (
     StepSampler,
     Trainer,
     build_from_config,
+    evaluate_model,
     evaluate_translation,
     fit_linear_map,
     load_checkpoint,
@@ -338,6 +340,25 @@ class TestData:
 
 
 class TestStepSampler:
+    @pytest.mark.parametrize(
+        ("arguments", "match"),
+        [
+            ((5, 0), "batch_size must be an int >= 1"),
+            ((5, -1), "batch_size must be an int >= 1"),
+            ((5, 2, 0, 0), "world_size must be an int >= 1"),
+            ((5, 2, 3, 2), "rank must be < world_size=2"),
+            ((5, 2, 0, 1, -1), "seed must be an int >= 0"),
+        ],
+    )
+    def test_invalid_arguments(self, arguments, match) -> None:
+        num_items, batch_size, *rest = arguments
+        options = dict(zip(("rank", "world_size", "seed"), rest, strict=False))
+        options.setdefault("seed", 0)
+        with pytest.raises(ValueError, match=match):
+            StepSampler(num_items, batch_size, **options)
+        with pytest.raises(ValueError, match="step must be an int >= 0"):
+            StepSampler(5, 1, seed=0).global_batch(-1)
+
     def test_batches_are_a_function_of_seed_and_step(self) -> None:
         first, second = StepSampler(10, 4, seed=3), StepSampler(10, 4, seed=3)
         assert [first.global_batch(s) for s in (5, 0, 3)] == [
@@ -427,3 +448,20 @@ class TestTranslateSlices:
             model_spacing=(2.0, 2.0),
         )
         assert out.shape == ramp.shape and (out - ramp)[..., 4:-4, 4:-4].abs().max() < 0.05
+
+
+def test_evaluation_helpers_check_their_arguments() -> None:
+    pairs = tiny_data().test
+    for batch_size in (0, -1, 1.5):
+        with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+            evaluate_translation(lambda x: x, pairs, batch_size=batch_size)
+    with pytest.raises(TypeError, match="pairs must be PairedSlices, got Tensor"):
+        fit_linear_map(pairs.source)
+    with pytest.raises(ValueError, match="no foreground pixel"):
+        fit_linear_map(dataclasses.replace(pairs, mask=torch.zeros_like(pairs.mask)))
+    with pytest.raises(TypeError, match="model must have a translate method"):
+        evaluate_model(torch.nn.Identity(), pairs)
+    with pytest.raises(ValueError, match="the checkpoint dict is not a regcorrect checkpoint"):
+        load_model({"foo": 1})
+    with pytest.raises(TypeError, match="config must be a TrainingConfig, got dict"):
+        build_from_config({}, (32, 32))
