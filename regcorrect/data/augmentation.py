@@ -11,13 +11,20 @@ augmentation narrows that gap (``docs/results/augmented/noise_sweep.md``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from regcorrect._checks import check_count, check_float, check_rank, check_tensor
-from regcorrect.data.misalignment import Misalignment, _check_range, _check_size, compose_affine
+from regcorrect.data.misalignment import (
+    Misalignment,
+    _check_range,
+    _check_size,
+    check_generator,
+    compose_affine,
+)
 
 __all__ = ["PairAugmentation"]
 
@@ -32,8 +39,8 @@ def _check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
     ):
         raise TypeError(f"scale_range must be a pair (low, high) of numbers, got {scale_range!r}")
     low, high = float(scale_range[0]), float(scale_range[1])
-    if not 0 < low <= high:
-        raise ValueError(f"scale_range must satisfy 0 < low <= high, got {scale_range!r}")
+    if not 0 < low <= high < math.inf:
+        raise ValueError(f"scale_range must satisfy 0 < low <= high < inf, got {scale_range!r}")
     return low, high
 
 
@@ -118,6 +125,7 @@ class PairAugmentation:
             "scale": (n,)}``.
         """
         check_count(n, "n")
+        check_generator(generator)
         flip = torch.rand(n, generator=generator) < self.flip_probability
         params = self._affine.sample_params(n, generator)
         low, high = self.scale_range

@@ -84,6 +84,10 @@ def icbm152(
     if not isinstance(spacing, (int, float)) or isinstance(spacing, bool):
         raise TypeError(f"spacing must be a number, got {type(spacing).__name__}")
     check_positive(float(spacing), "spacing")
+    if spacing < 0.25:  # 4x the template's resolution: 916 x 772 slices already
+        raise ValueError(
+            f"spacing is a pixel size in mm, at least 0.25 for these 1 mm templates, got {spacing!r}"
+        )
     arrays = _load()
     rows = _split_rows(len(arrays["slice_index"]), split)
     mask = torch.from_numpy(arrays["mask"][rows].copy()).unsqueeze(1)

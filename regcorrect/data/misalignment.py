@@ -19,6 +19,8 @@ Table 1 of the paper uses ±5°, ±5 %, ±5 %: :meth:`Misalignment.custom`.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
 from torch import Tensor
@@ -42,11 +44,19 @@ NOISE_LEVELS: dict[int, tuple[float, float, float]] = {
 _PARAM_KEYS = ("angle_deg", "translation_frac", "scale")
 
 
+def check_generator(generator: object) -> None:
+    """Raise ``TypeError`` unless ``generator`` is ``None`` or a CPU ``torch.Generator``."""
+    if generator is not None and not (
+        isinstance(generator, torch.Generator) and generator.device.type == "cpu"
+    ):
+        raise TypeError(f"generator must be None or a CPU torch.Generator, got {generator!r}")
+
+
 def _check_range(value: float, name: str, *, below: float | None = None) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
-    if not value >= 0 or (below is not None and value >= below):
+    if not 0 <= value < math.inf or (below is not None and value >= below):
         bound = f" and < {below}" if below is not None else ""
         raise ValueError(f"{name} must be >= 0{bound}, got {value!r}")
     return value
@@ -134,6 +144,7 @@ class Misalignment:
             ``{"angle_deg": (n,), "translation_frac": (n, 2) as (tx, ty), "scale": (n,)}``.
         """
         check_count(n, "n")
+        check_generator(generator)
 
         def symmetric(*shape: int) -> Tensor:
             return torch.rand(*shape, generator=generator) * 2.0 - 1.0

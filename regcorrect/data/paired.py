@@ -8,6 +8,8 @@ Convention:
 
 from __future__ import annotations
 
+import math
+import numbers
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -22,6 +24,7 @@ from regcorrect._checks import (
     check_float,
     check_positive,
     check_rank,
+    check_same_device,
     check_same_shape_and_device,
     check_tensor,
 )
@@ -71,6 +74,19 @@ class PairedSlices:
                     f"{name} must have the shape of source {tuple(self.source.shape)}, "
                     f"got {tuple(getattr(self, name).shape)}"
                 )
+        check_same_device(source=self.source, target=self.target, mask=self.mask)
+        if (
+            not isinstance(self.spacing, (tuple, list))
+            or len(self.spacing) != 2
+            or not all(
+                isinstance(s, numbers.Real) and not isinstance(s, bool) and 0 < s < math.inf
+                for s in self.spacing
+            )
+        ):
+            raise ValueError(
+                f"spacing must be a pair (row, column) of pixel sizes > 0 in mm, got "
+                f"{self.spacing!r}"
+            )
         check_tensor(self.slice_index, "slice_index")
         if self.slice_index.shape != (self.source.shape[0],):
             raise ValueError(
@@ -117,7 +133,16 @@ class PairedSlices:
                 raise IndexError(f"index {key} is out of range for {len(self)} slices")
             key = slice(key % len(self), key % len(self) + 1)
         elif not isinstance(key, slice):
-            key = torch.as_tensor(key, dtype=torch.long)
+            key = torch.as_tensor(key)
+            if key.dtype == torch.bool:  # a mask over the slices: the indices where it is true
+                if key.shape != (len(self),):
+                    raise IndexError(
+                        f"a boolean index must have shape ({len(self)},), got {tuple(key.shape)}"
+                    )
+                key = key.nonzero().flatten()
+            elif key.is_floating_point() or key.is_complex():
+                raise IndexError(f"indices must be integers or booleans, got dtype {key.dtype}")
+            key = key.long()
         names = None
         if self.names is not None:
             picked = range(len(self))[key] if isinstance(key, slice) else key.tolist()

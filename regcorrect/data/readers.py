@@ -46,7 +46,8 @@ def _existing_file(path: str | Path, name: str) -> Path:
 
 
 def _check_axis(axis: int) -> int:
-    check_choice(axis, "axis", (0, 1, 2))
+    if not isinstance(axis, int) or isinstance(axis, bool) or axis not in (0, 1, 2):
+        raise ValueError(f"axis must be one of [0, 1, 2], got {axis!r}")
     return axis
 
 
@@ -155,10 +156,14 @@ def read_nifti_slices(
 
 def _as_numpy(value: Tensor | np.ndarray, name: str) -> np.ndarray:
     if isinstance(value, Tensor):
-        return value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        return value
-    raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
+        raise TypeError(
+            f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}"
+        )
+    if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
+        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    return value
 
 
 def write_nifti_like(
@@ -236,7 +241,8 @@ def _load_npy_slice(path: Path) -> np.ndarray:
         raise ValueError(f"file {str(path)!r} is not a readable .npy array: {error}") from error
     if array.ndim == 3 and array.shape[0] == 1:
         array = array[0]
-    if array.ndim != 2 or not np.issubdtype(array.dtype, np.number):
+    real = np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+    if array.ndim != 2 or not real:
         raise ValueError(
             f"file {str(path)!r} must hold a numeric 2-D slice (H, W) or (1, H, W), "
             f"got {array.dtype} array of shape {array.shape}"

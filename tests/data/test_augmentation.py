@@ -126,6 +126,8 @@ class TestPairAugmentation:
             (dict(flip_probability=1.5), ValueError, "flip_probability"),
             (dict(rotation_deg=-1), ValueError, "rotation_deg"),
             (dict(translation_frac=1.0), ValueError, "translation_frac"),
+            (dict(rotation_deg=float("inf")), ValueError, "rotation_deg"),
+            (dict(scale_range=(0.5, float("inf"))), ValueError, "scale_range"),
         ],
     )
     def test_bad_settings(self, kwargs: dict, error: type, match: str) -> None:

@@ -179,7 +179,12 @@ class TestMisalignment:
             Misalignment.custom(rotation_deg=-1, translation_frac=0.1, scale_frac=0.1)
         with pytest.raises(ValueError, match="scale_frac"):
             Misalignment.custom(rotation_deg=1, translation_frac=0.1, scale_frac=1.0)
+        with pytest.raises(ValueError, match="rotation_deg"):  # at construction, not at sampling
+            Misalignment.custom(rotation_deg=float("inf"), translation_frac=0, scale_frac=0)
         noise = Misalignment(2)
+        for generator in (0, np.random.default_rng(0)):
+            with pytest.raises(TypeError, match="generator must be None or a CPU torch.Generator"):
+                noise(torch.zeros(1, 1, 4, 4), generator=generator)
         with pytest.raises(TypeError, match="images"):
             noise(torch.ones(1, 1, 4, 4, dtype=torch.int64))
         with pytest.raises(ValueError, match="images"):

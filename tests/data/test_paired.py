@@ -77,3 +77,18 @@ def test_zero_dim_indices_and_type_errors() -> None:
         pad_or_crop_pairs(torch.zeros(1, 1, 4, 4), size=4)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="pairs must be PairedSlices"):
         resample_pairs(torch.zeros(1, 1, 4, 4), factor=2.0)  # type: ignore[arg-type]
+
+
+def test_boolean_indices_pick_the_true_slices() -> None:
+    pairs = make_pairs()
+    picked = pairs[torch.tensor([False, True, False, True])]
+    assert torch.equal(picked.source, pairs.source[[1, 3]])  # was slices 0, 1, 0, 1
+    assert torch.equal(pairs[[True, False, False, True]].source, pairs.source[[0, 3]])
+    with pytest.raises(IndexError, match=r"boolean index must have shape \(4,\)"):
+        pairs[torch.tensor([True, False])]
+    with pytest.raises(IndexError, match="integers or booleans"):
+        pairs[torch.tensor([0.5])]
+    with pytest.raises(ValueError, match="spacing must be a pair"):
+        PairedSlices.from_tensors(source=pairs.source, target=pairs.target).__class__(
+            **{**pairs.__dict__, "spacing": "ab"}
+        )

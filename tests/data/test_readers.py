@@ -80,6 +80,10 @@ class TestReadNiftiSlices:
     def test_exception(self, tmp_path: Path) -> None:
         with pytest.raises(ValueError, match="does not exist"):
             read_nifti_slices(tmp_path / "missing.nii")
+        volume = save(np.ones(SHAPE, np.float32), tmp_path / "ok.nii", np.eye(4))
+        for axis in (1.0, True):  # 1.0 == True == 1, but neither is an axis
+            with pytest.raises(ValueError, match="axis must be one of"):
+                read_nifti_slices(volume, axis=axis)
         with pytest.raises(ValueError, match="3-D"):
             read_nifti_slices(
                 save(np.zeros((4, 5, 6, 2), np.float32), tmp_path / "a.nii", np.eye(4))
@@ -130,6 +134,12 @@ class TestReadNpyPairs:
     def test_name_mismatch_lists_names(self, tmp_path: Path) -> None:
         root = make_npy_root(tmp_path, {"A": ["1.npy", "2.npy"], "B": ["1.npy", "3.npy"]})
         with pytest.raises(ValueError, match=r"only in A/: \[2.npy\]; only in B/: \[3.npy\]"):
+            read_npy_pairs(root)
+
+    def test_complex_slices_are_refused(self, tmp_path: Path) -> None:
+        root = make_npy_root(tmp_path, {"A": ["1.npy"], "B": ["1.npy"]})
+        np.save(root / "B" / "1.npy", np.full((4, 4), 0.5 + 5j, np.complex64))
+        with pytest.raises(ValueError, match="must hold a numeric 2-D slice.*complex64"):
             read_npy_pairs(root)
 
     def test_exception(self, tmp_path: Path) -> None:
