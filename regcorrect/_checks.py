@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import numbers
-import operator
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -29,6 +29,23 @@ __all__ = [
     "check_spatial_shape",
     "check_fits_module",
 ]
+
+
+def as_scalar(value: object) -> object:
+    """A numpy scalar or a one-element 0-d tensor as the Python number (or bool) it holds;
+    anything else unchanged. Lets ``np.int64(2)`` or ``torch.tensor(20.0)`` pass the checks
+    below like ``2`` and ``20.0``."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Tensor) and value.ndim == 0 and not value.is_complex():
+        return value.item()
+    return value
+
+
+def is_int(value: object) -> bool:
+    """Whether ``value`` (after :func:`as_scalar`) is an integer, not a bool."""
+    value = as_scalar(value)
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def check_tensor(value: object, name: str) -> Tensor:
@@ -67,14 +84,11 @@ def check_finite(value: Tensor, name: str) -> Tensor:
 
 
 def check_spatial_dims(spatial_dims: int, name: str = "spatial_dims") -> int:
-    """Raise ``ValueError`` unless ``spatial_dims`` is 2 or 3 (an int)."""
-    if (
-        not isinstance(spatial_dims, int)
-        or isinstance(spatial_dims, bool)
-        or spatial_dims not in (2, 3)
-    ):
+    """``spatial_dims`` as an int if it is 2 or 3 (an integer, numpy ones included), else
+    ``ValueError``."""
+    if not is_int(spatial_dims) or as_scalar(spatial_dims) not in (2, 3):
         raise ValueError(f"{name} must be 2 or 3, got {spatial_dims!r}")
-    return spatial_dims
+    return int(as_scalar(spatial_dims))  # type: ignore[call-overload]
 
 
 def check_displacement(displacement: Tensor, name: str = "displacement") -> int:
@@ -138,17 +152,18 @@ def check_choice(value: object, name: str, choices: Sequence[object]) -> None:
 
 
 def check_count(value: object, name: str, *, minimum: int = 0) -> int:
-    """``value`` if it is an ``int >= minimum`` (not a bool), else ``ValueError`` naming
-    ``name``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    """``value`` as an int if it is an integer ``>= minimum`` (not a bool; numpy integers and
+    0-d integer tensors count), else ``ValueError`` naming ``name``."""
+    if not is_int(value) or as_scalar(value) < minimum:  # type: ignore[operator]
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
+    return int(as_scalar(value))  # type: ignore[call-overload]
 
 
 def check_positive(value: float, name: str, *, strict: bool = True) -> float:
     """``value`` as a float if it is a finite real number (not a bool) ``> 0`` (or ``>= 0`` if
     not strict); else ``ValueError`` naming ``name``."""
     sign = "> 0" if strict else ">= 0"
+    value = as_scalar(value)  # type: ignore[assignment]
     ok = (
         isinstance(value, numbers.Real)
         and not isinstance(value, bool)
@@ -165,18 +180,23 @@ def check_spatial_shape(
 ) -> tuple[int, ...]:
     """``value`` as a tuple of ints ``>= 1`` (a spatial shape such as ``(H, W)``), with
     ``spatial_dims`` entries if given; else ``TypeError`` / ``ValueError`` naming ``name``."""
+    if isinstance(value, (np.ndarray, Tensor)) and value.ndim == 1:
+        value = value.tolist()
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
         raise TypeError(
             f"{name} must be a sequence of ints such as (H, W) or (D, H, W), got {value!r}"
         )
-    try:
-        shape = tuple(
-            operator.index(size) if not isinstance(size, bool) else None for size in value
-        )
-    except TypeError:
-        shape = (None,)
-    if None in shape:
+    entries = [as_scalar(size) for size in value]
+    # integers, or floats with an integral value (8.0)
+    whole = [
+        int(size)  # type: ignore[call-overload]
+        if is_int(size) or (isinstance(size, float) and size.is_integer())
+        else None
+        for size in entries
+    ]
+    if None in whole:
         raise TypeError(f"{name} must hold ints, got {tuple(value)!r}")
+    shape = tuple(whole)  # type: ignore[arg-type]
     if spatial_dims is not None and len(shape) != spatial_dims:
         raise ValueError(
             f"{name} must have {spatial_dims} entries{hint}, got {len(shape)}: {shape}"

@@ -22,18 +22,21 @@ Channels are averaged together (one value per batch item).
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ._checks import (
+    as_scalar,
     check_choice,
     check_float,
     check_rank,
     check_same_device,
     check_same_shape_and_device,
     check_tensor,
+    is_int,
 )
 
 __all__ = ["nmae", "psnr", "ssim", "foreground_mask"]
@@ -49,7 +52,8 @@ def _check_pair(prediction: Tensor, target: Tensor) -> None:
 def foreground_mask(target: Tensor, mask: Tensor | None = None, background: float = -1.0) -> Tensor:
     """Boolean foreground of ``target`` ``(B, C, *spatial)``: ``mask`` broadcast, or ``target != background``."""
     check_tensor(target, "target")
-    if isinstance(background, bool) or not isinstance(background, (int, float)):
+    background = as_scalar(background)  # type: ignore[assignment]
+    if isinstance(background, bool) or not isinstance(background, numbers.Real):
         raise TypeError(f"background must be a number, got {background!r}")
     if mask is None:
         return target != background
@@ -159,15 +163,17 @@ def ssim(
         1.0
     """
     _check_pair(prediction, target)
-    if (
-        not isinstance(win_size, int)
-        or isinstance(win_size, bool)
-        or win_size < 3
-        or win_size % 2 == 0
-    ):
+    if not is_int(win_size) or as_scalar(win_size) < 3 or as_scalar(win_size) % 2 == 0:
         raise ValueError(f"win_size must be an odd integer >= 3, got {win_size!r}")
-    if not isinstance(data_range, (int, float)) or not 0 < data_range < math.inf:
+    win_size = int(as_scalar(win_size))
+    data_range = as_scalar(data_range)
+    if (
+        not isinstance(data_range, numbers.Real)
+        or isinstance(data_range, bool)
+        or not 0 < data_range < math.inf
+    ):
         raise ValueError(f"data_range must be a finite number > 0, got {data_range!r}")
+    data_range = float(data_range)
     if any(s < win_size for s in target.shape[2:]):
         raise ValueError(
             f"every spatial size must be >= win_size={win_size}, got shape {tuple(target.shape)}"

@@ -411,8 +411,9 @@ class TranslationModel(nn.Module):
         Args:
             source: ``(B, C_in, H, W)`` in ``[-1, 1]``, finite.
             target: ``(B, C_out, H, W)`` in ``[-1, 1]``, possibly misaligned, finite.
-            mask: optional weights for the correction loss, broadcastable to ``target`` (only
-                the +R modes have that loss; the others check and ignore it).
+            mask: optional weights for the correction loss: ``target``'s rank, each size 1 or
+                ``target``'s (e.g. ``(B, 1, H, W)``); only the +R modes have that loss, the
+                others check it and ignore it.
 
         Returns:
             Weighted terms (``adversarial``, ``cycle``, ``correction``, ``smoothness``, ... and

@@ -122,7 +122,7 @@ class TestTrain:
         before = (other / "checkpoint.pt").read_bytes()
         resume = ["train", str(first), "--quiet", "--resume", str(tmp_path / "a" / "run")]
         code = main([*resume, "--out-dir", str(other)])
-        assert_user_error(capsys, code, "already exists and is not empty")
+        assert_user_error(capsys, code, "is not empty and holds no checkpoint of this run")
         assert (other / "checkpoint.pt").read_bytes() == before  # B's run is untouched
         # into a new folder it continues there
         assert main([*resume, "--out-dir", str(tmp_path / "c")]) == 0

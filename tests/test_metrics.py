@@ -277,3 +277,9 @@ def test_foreground_mask_checks_target_and_background():
     for metric in (nmae, psnr):
         with pytest.raises(TypeError, match="background must be a number"):
             metric(image, image, background="x")
+
+
+def test_numpy_scalar_options():
+    image = torch.rand(1, 1, 8, 8) * 2 - 1
+    assert ssim(image, image, win_size=np.int64(7), data_range=np.float32(2)) == pytest.approx(1.0)
+    assert foreground_mask(image, background=np.float32(-1)).shape == image.shape

@@ -9,6 +9,7 @@ import re
 from copy import deepcopy as copy_module
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 
@@ -677,3 +678,15 @@ class TestGeneratorAverage:
     def test_bad_decay(self, decay: Any) -> None:
         with pytest.raises(ValueError, match=r"ema_decay must be in \[0, 1\)"):
             tiny_model("cyclegan", "nc", ema_decay=decay)
+
+
+def test_numpy_and_tensor_options_are_accepted() -> None:
+    model = tiny_model(
+        "cyclegan",
+        "nc+r",
+        correction_weight=torch.tensor(20.0),
+        smoothness_weight=np.float32(10),
+        replay_buffer_size=np.int64(2),
+    )
+    assert (model.correction_weight, model.smoothness_weight) == (20.0, 10.0)
+    assert all(math.isfinite(v) for v in model.train_step(images(), images()).values())

@@ -124,7 +124,7 @@ class PairAugmentation:
             ``{"flip": bool (n,), "angle_deg": (n,), "translation_frac": (n, 2) as (tx, ty),
             "scale": (n,)}``.
         """
-        check_count(n, "n")
+        n = check_count(n, "n")
         check_generator(generator)
         flip = torch.rand(n, generator=generator) < self.flip_probability
         params = self._affine.sample_params(n, generator)

@@ -143,7 +143,7 @@ class Misalignment:
         Returns:
             ``{"angle_deg": (n,), "translation_frac": (n, 2) as (tx, ty), "scale": (n,)}``.
         """
-        check_count(n, "n")
+        n = check_count(n, "n")
         check_generator(generator)
 
         def symmetric(*shape: int) -> Tensor:
@@ -158,7 +158,7 @@ class Misalignment:
     @staticmethod
     def identity_params(n: int) -> dict[str, Tensor]:
         """Parameters of ``n`` identity transforms, in the layout of :meth:`sample_params`."""
-        check_count(n, "n")
+        n = check_count(n, "n")
         return {
             "angle_deg": torch.zeros(n),
             "translation_frac": torch.zeros(n, 2),

@@ -7,6 +7,7 @@ metrics and masks treat ``x == -1`` as background.
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal
 
 import torch
@@ -14,6 +15,7 @@ from einops import rearrange
 from torch import Tensor
 
 from regcorrect._checks import (
+    as_scalar,
     check_choice,
     check_finite,
     check_float,
@@ -27,10 +29,12 @@ NormalizeMethod = Literal["minmax", "percentile"]
 
 
 def _check_percentiles(percentiles: tuple[float, float]) -> tuple[float, float]:
+    if isinstance(percentiles, (tuple, list)):
+        percentiles = tuple(as_scalar(p) for p in percentiles)
     if (
-        not isinstance(percentiles, (tuple, list))
+        not isinstance(percentiles, tuple)
         or len(percentiles) != 2
-        or not all(isinstance(p, (int, float)) and not isinstance(p, bool) for p in percentiles)
+        or not all(isinstance(p, numbers.Real) and not isinstance(p, bool) for p in percentiles)
     ):
         raise ValueError(f"percentiles must be a pair (low, high) of numbers, got {percentiles!r}")
     low, high = float(percentiles[0]), float(percentiles[1])

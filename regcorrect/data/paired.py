@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from regcorrect._checks import (
+    as_scalar,
     check_finite,
     check_float,
     check_positive,
@@ -75,18 +76,24 @@ class PairedSlices:
                     f"got {tuple(getattr(self, name).shape)}"
                 )
         check_same_device(source=self.source, target=self.target, mask=self.mask)
+        spacing = self.spacing
+        if isinstance(spacing, (np.ndarray, Tensor)) and spacing.ndim == 1:
+            spacing = spacing.tolist()
+        if isinstance(spacing, (tuple, list)):
+            spacing = tuple(as_scalar(s) for s in spacing)
         if (
-            not isinstance(self.spacing, (tuple, list))
-            or len(self.spacing) != 2
+            not isinstance(spacing, tuple)
+            or len(spacing) != 2
             or not all(
                 isinstance(s, numbers.Real) and not isinstance(s, bool) and 0 < s < math.inf
-                for s in self.spacing
+                for s in spacing
             )
         ):
             raise ValueError(
                 f"spacing must be a pair (row, column) of pixel sizes > 0 in mm, got "
                 f"{self.spacing!r}"
             )
+        object.__setattr__(self, "spacing", (float(spacing[0]), float(spacing[1])))
         check_tensor(self.slice_index, "slice_index")
         if self.slice_index.shape != (self.source.shape[0],):
             raise ValueError(
@@ -134,6 +141,8 @@ class PairedSlices:
             key = slice(key % len(self), key % len(self) + 1)
         elif not isinstance(key, slice):
             key = torch.as_tensor(key)
+            if key.numel() == 0:  # pairs[[]]: no slice (as_tensor makes it float32)
+                key = key.long()
             if key.dtype == torch.bool:  # a mask over the slices: the indices where it is true
                 if key.shape != (len(self),):
                     raise IndexError(

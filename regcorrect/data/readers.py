@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from regcorrect._checks import check_choice
+from regcorrect._checks import as_scalar, check_choice, is_int
 from regcorrect.data.normalize import NormalizeMethod, normalize_intensity
 from regcorrect.data.paired import PairedSlices
 
@@ -46,9 +46,9 @@ def _existing_file(path: str | Path, name: str) -> Path:
 
 
 def _check_axis(axis: int) -> int:
-    if not isinstance(axis, int) or isinstance(axis, bool) or axis not in (0, 1, 2):
+    if not is_int(axis) or as_scalar(axis) not in (0, 1, 2):
         raise ValueError(f"axis must be one of [0, 1, 2], got {axis!r}")
-    return axis
+    return int(as_scalar(axis))  # type: ignore[call-overload]
 
 
 def _finite(array: np.ndarray, what: str) -> np.ndarray:
@@ -161,8 +161,8 @@ def _as_numpy(value: Tensor | np.ndarray, name: str) -> np.ndarray:
         raise TypeError(
             f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}"
         )
-    if not (np.issubdtype(value.dtype, np.integer) or np.issubdtype(value.dtype, np.floating)):
-        raise TypeError(f"{name} must hold real numbers, got dtype {value.dtype}")
+    if value.dtype.kind not in "biuf":  # bool, integers, floats: not complex or objects
+        raise TypeError(f"{name} must hold real numbers or booleans, got dtype {value.dtype}")
     return value
 
 

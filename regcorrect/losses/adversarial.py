@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import check_choice, check_float
+from .._checks import as_scalar, check_choice, check_float
 
 __all__ = ["GAN_MODES", "DiscriminatorOutput", "generator_loss", "discriminator_loss", "GANLoss"]
 
@@ -145,6 +145,7 @@ class GANLoss(nn.Module):
 
         For ``"hinge"`` this is the discriminator form.
         """
+        target_is_real = as_scalar(target_is_real)  # np.bool_ / a 0-d bool tensor as well
         if not isinstance(target_is_real, bool):  # 1 == True, but a loss target is no int
             raise ValueError(f"target_is_real must be True or False, got {target_is_real!r}")
         items = _as_list(prediction, "prediction")

@@ -191,8 +191,8 @@ class CenteredCorrection(nn.Module):
         self, spatial_dims: int = 2, momentum: float = 0.02, *, padding_mode: str = "border"
     ) -> None:
         super().__init__()
-        check_spatial_dims(spatial_dims)
-        check_positive(momentum, "momentum")
+        spatial_dims = check_spatial_dims(spatial_dims)
+        momentum = check_positive(momentum, "momentum")
         if momentum > 1:
             raise ValueError(f"momentum must be in (0, 1], got {momentum}")
         check_choice(padding_mode, "padding_mode", PADDING_MODES)

@@ -243,7 +243,7 @@ def moment_alignment(
     check_choice(weights, "weights", MOMENT_WEIGHTS)
     if not foreground_ramp > 0:
         raise ValueError(f"foreground_ramp must be > 0, got {foreground_ramp!r}")
-    check_count(refine_steps, "refine_steps")
+    refine_steps = check_count(refine_steps, "refine_steps")
     if refine_steps and min(moving.shape[2:]) < 2:
         raise ValueError(
             f"refine_steps > 0 needs at least 2 pixels along each spatial axis (it "

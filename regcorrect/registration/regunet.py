@@ -33,17 +33,17 @@ initialised near zero so training starts from the identity field). Unlike the of
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
 from .._checks import (
+    as_scalar,
     check_choice,
     check_count,
     check_displacement,
@@ -53,6 +53,7 @@ from .._checks import (
     check_same_device,
     check_spatial_dims,
     check_spatial_shape,
+    is_int,
 )
 from .._precision import without_autocast
 from .alignment import moment_alignment
@@ -188,10 +189,6 @@ class _ConvAct(nn.Sequential):
         super().__init__(*layers)
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 class RegUNet(nn.Module):
     """Residual U-Net registration network ``R(moving, fixed) -> displacement``.
 
@@ -233,7 +230,8 @@ class RegUNet(nn.Module):
         input ``(B, in_channels, H, W)`` (or ``(B, in_channels, D, H, W)``), every spatial size
         ``>= 4 * min_bottleneck`` (8 with the defaults: 2 levels; 32 gives 4 levels);
         output ``(B, spatial_dims, *spatial)`` in pixels, channels ``(dy, dx)`` /
-        ``(dz, dy, dx)`` (see ``docs/conventions.md``).
+        ``(dz, dy, dx)`` (see ``docs/conventions.md``), float32 (float64 for a float64
+        network) also under autocast or for a half-precision network.
 
     Example:
         >>> net = RegUNet(spatial_dims=2, in_channels=2, channels=(8, 16, 16, 16))
@@ -259,22 +257,22 @@ class RegUNet(nn.Module):
         image_size: Sequence[int] | None = None,
     ) -> None:
         super().__init__()
-        check_spatial_dims(spatial_dims)
-        check_count(in_channels, "in_channels", minimum=1)
-        check_count(bottleneck_blocks, "bottleneck_blocks")
-        check_count(integration_steps, "integration_steps")
-        check_count(min_bottleneck, "min_bottleneck", minimum=1)
+        spatial_dims = check_spatial_dims(spatial_dims)
+        in_channels = check_count(in_channels, "in_channels", minimum=1)
+        bottleneck_blocks = check_count(bottleneck_blocks, "bottleneck_blocks")
+        integration_steps = check_count(integration_steps, "integration_steps")
+        min_bottleneck = check_count(min_bottleneck, "min_bottleneck", minimum=1)
         for name, flag in (("affine", affine), ("diffeomorphic", diffeomorphic)):
             if not isinstance(flag, bool):
                 raise TypeError(f"{name} must be True or False, got {flag!r}")
-        if (
-            isinstance(channels, (str, bytes))
-            or not isinstance(channels, Sequence)
-            or len(channels) < 2
-            or not all(_is_int(c) and c >= 1 for c in channels)
-        ):
+        widths = (
+            None
+            if isinstance(channels, (str, bytes)) or not isinstance(channels, Iterable)
+            else [as_scalar(c) for c in channels]
+        )
+        if widths is None or len(widths) < 2 or not all(is_int(c) and c >= 1 for c in widths):
             raise ValueError(f"channels must list >= 2 positive int widths, got {channels!r}")
-        channels = tuple(int(c) for c in channels)
+        channels = tuple(int(c) for c in widths)
         self.min_bottleneck = min_bottleneck
         if image_size is not None:
             image_size = check_spatial_shape(image_size, "image_size", spatial_dims)
@@ -581,6 +579,9 @@ class RegUNet(nn.Module):
             features = F.interpolate(features, size=skip.shape[2:], mode=mode, align_corners=False)
             features = self.decoder[level](torch.cat([features, skip], dim=1))
         residual = self.output(self.refine(features))
+        # fields in at least float32 (autocast / a bfloat16 network: 8-bit mantissas would round
+        # a 10 px field to 1/16 px), whatever the head
+        residual = residual.to(torch.promote_types(residual.dtype, torch.float32))
         if self.diffeomorphic:
             residual = integrate_velocity(residual, self.integration_steps)
         if not self.affine:

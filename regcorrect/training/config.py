@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from ..backbones import METHODS
@@ -225,6 +226,10 @@ class TrainingConfig:
 
     # ------------------------------------------------------------------ validation
     def _normalise(self) -> None:
+        for item in dataclasses.fields(self):  # numpy scalars (e.g. from np.load) as Python's
+            value = getattr(self, item.name)
+            if isinstance(value, np.generic):
+                setattr(self, item.name, value.item())
         for name in ("method", "mode", "gan_mode", "device"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -438,7 +443,7 @@ def _map_keys(values: dict[str, Any]) -> dict[str, Any]:
     for key in ("input_nc", "output_nc", "input_dim_a", "input_dim_b"):
         if key in official and official[key] != 1:
             raise ConfigError(f"{key} must be 1 (single-channel slices), got {official[key]!r}")
-    named_mode = _official_name(official, put) if "name" in official else None
+    named_mode = _official_name(official, result, put) if "name" in official else None
     _official_backbone(official, result, put)
     if official.get("epoch", 0) not in (0, None):
         raise ConfigError(
@@ -462,14 +467,18 @@ def _map_keys(values: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def _official_name(official: dict[str, Any], put: Callable[[str, Any, str], None]) -> str | None:
+def _official_name(
+    official: dict[str, Any], result: dict[str, Any], put: Callable[[str, Any, str], None]
+) -> str | None:
     """Set ``method`` from the official ``name`` (its trainer); return the mode it implies."""
     name = official["name"]
     known = OFFICIAL_NAMES.get(str(name).lower()) if isinstance(name, str) else None
     if known is None:
         return None  # an experiment's own name
     method, mode = known
-    put("method", method, "name")
+    given = result.get("method")
+    if not (isinstance(given, str) and given.lower() == method):  # the same method twice is fine
+        put("method", method, "name")
     return mode
 
 

@@ -192,11 +192,11 @@ class StepSampler:
     def __init__(
         self, num_items: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1
     ) -> None:
-        check_count(num_items, "num_items", minimum=1)
-        check_count(batch_size, "batch_size", minimum=1)
-        check_count(seed, "seed")
-        check_count(world_size, "world_size", minimum=1)
-        check_count(rank, "rank")
+        num_items = check_count(num_items, "num_items", minimum=1)
+        batch_size = check_count(batch_size, "batch_size", minimum=1)
+        seed = check_count(seed, "seed")
+        world_size = check_count(world_size, "world_size", minimum=1)
+        rank = check_count(rank, "rank")
         if rank >= world_size:
             raise ValueError(f"rank must be < world_size={world_size}, got {rank}")
         if batch_size > num_items:

@@ -331,11 +331,20 @@ class Trainer:
                 )
         # continuing into another folder than the checkpoint's: it must be empty or hold this
         # same run (e.g. resuming from an older copy of its checkpoint), never another run
-        own_folder = config.out_dir is None or (
-            Path(config.out_dir).resolve() == Path(source).resolve().parent
-            or _holds_run_of(Path(config.out_dir), config)
-        )
-        trainer = cls(config, data, progress=progress, context=context, _resuming=own_folder)
+        out_dir = None if config.out_dir is None else Path(config.out_dir)
+        if (
+            out_dir is not None
+            and out_dir.is_dir()
+            and any(out_dir.iterdir())
+            and out_dir.resolve() != Path(source).resolve().parent
+            and not _holds_run_of(out_dir, config)
+        ):
+            raise ValueError(
+                f"out_dir {str(out_dir)!r} is not empty and holds no checkpoint of this run; "
+                f"continue in the checkpoint's own folder ({str(Path(source).parent)!r}) or in an "
+                "empty out_dir"
+            )
+        trainer = cls(config, data, progress=progress, context=context, _resuming=True)
         trainer.load_state_dict(state)
         trainer._checkpoint = (Path(source), trainer.step)
         return trainer

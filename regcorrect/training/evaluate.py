@@ -71,7 +71,7 @@ def evaluate_translation(
     if not callable(translate):
         raise TypeError(f"translate must be callable, got {type(translate).__name__}")
     _check_pairs(pairs)
-    check_count(batch_size, "batch_size", minimum=1)
+    batch_size = check_count(batch_size, "batch_size", minimum=1)
     if len(pairs) == 0:
         raise ValueError("pairs must hold at least one slice")
     values: dict[str, list[Tensor]] = {name: [] for name in METRICS}

@@ -92,3 +92,12 @@ def test_boolean_indices_pick_the_true_slices() -> None:
         PairedSlices.from_tensors(source=pairs.source, target=pairs.target).__class__(
             **{**pairs.__dict__, "spacing": "ab"}
         )
+
+
+def test_empty_indices_and_array_spacing() -> None:
+    pairs = make_pairs()
+    for key in ([], np.array([], dtype=np.int64), np.array([])):
+        assert len(pairs[key]) == 0
+    spaced = PairedSlices.from_tensors(source=pairs.source, target=pairs.target)
+    spaced = type(spaced)(**{**spaced.__dict__, "spacing": np.array([1.5, 2.0])})
+    assert spaced.spacing == (1.5, 2.0) and type(spaced.spacing[0]) is float

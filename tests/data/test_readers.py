@@ -189,3 +189,12 @@ class TestPng:
             read_png(tmp_path / "text.png")
         with pytest.raises(ValueError, match="image"):
             write_png(torch.zeros(2, 3, 4), tmp_path / "y.png")
+
+
+def test_boolean_volumes_are_written(tmp_path: Path) -> None:
+    reference = save(np.ones(SHAPE, np.float32), tmp_path / "ref.nii", np.eye(4))
+    mask = read_nifti_slices(reference, axis=2).slices > 0.5
+    written = write_nifti_like(mask, reference, tmp_path / "mask.nii.gz", axis=2)
+    assert np.asarray(nib.load(written).dataobj).shape == SHAPE
+    with pytest.raises(TypeError, match="real numbers or booleans"):
+        write_png(np.full((4, 4), 1j), tmp_path / "c.png")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -173,3 +174,9 @@ class TestGANLoss:
                 GANLoss()(FAKE, target_is_real)
         with pytest.raises(TypeError, match="prediction"):
             GANLoss()([], True)
+
+
+def test_target_flags_from_numpy_and_tensors():
+    expected = GANLoss()(FAKE, True)
+    for flag in (np.True_, torch.tensor(True)):
+        assert torch.equal(GANLoss()(FAKE, flag), expected)

@@ -397,3 +397,9 @@ class TestAffineToDisplacement:
         half = affine_to_displacement(matrix.half(), shape)
         assert half.dtype == torch.float16
         torch.testing.assert_close(half.double(), expected, atol=0.05, rtol=1e-3)
+
+
+def test_spatial_shapes_as_arrays_sizes_and_integral_floats():
+    expected = affine_to_displacement(torch.eye(3)[:2], (3, 5))
+    for shape in (np.array([3, 5]), torch.tensor([3, 5]), (3.0, 5.0), (np.int32(3), 5)):
+        assert torch.equal(affine_to_displacement(torch.eye(3)[:2], shape), expected)

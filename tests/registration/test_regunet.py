@@ -859,3 +859,20 @@ class TestInputDtypeAndDevice:
     def test_device_must_match_the_weights(self):
         with pytest.raises(ValueError, match="x on meta, weights on cpu"):
             RegUNet(channels=SMALL)(torch.zeros(1, 2, 32, 32, device="meta"))
+
+
+def test_numpy_and_tensor_integers_are_accepted():
+    net = RegUNet(
+        np.int64(2), np.int64(2), channels=np.array([8, 16, 16]), image_size=np.array([32, 32])
+    )
+    assert net.spatial_dims == 2 and net.channels == (8, 16, 16) and type(net.in_channels) is int
+    assert type(net.spatial_dims) is int
+    assert net(torch.rand(1, 2, 32, 32)).shape == (1, 2, 32, 32)
+
+
+@pytest.mark.parametrize("affine", [False, True])
+def test_fields_are_float32_under_autocast(affine):
+    net = RegUNet(channels=SMALL, affine=affine)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fields = net.decompose(torch.rand(1, 2, 32, 32))
+    assert fields.displacement.dtype == fields.residual.dtype == torch.float32

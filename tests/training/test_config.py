@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import yaml
 
@@ -212,6 +213,12 @@ class TestLoadConfig:
     def test_official_name_and_method_conflict(self) -> None:
         with pytest.raises(ConfigError, match="'name' and 'method' both set 'method'"):
             TrainingConfig.from_dict({"name": "Munit", "method": "unit"})
+        assert TrainingConfig.from_dict({"name": "Munit", "method": "MUNIT"}).method == "munit"
+
+    def test_numpy_scalars_are_plain_values(self) -> None:
+        config = TrainingConfig(noise_level=np.int64(2), axis=np.int64(1), lr=np.float32(1e-3))
+        assert (config.noise_level, config.axis) == (2, 1) and type(config.noise_level) is int
+        assert config.lr == pytest.approx(1e-3) and type(config.lr) is float
 
     def test_official_munit_unit_and_p2p_files_load(self, tmp_path) -> None:
         common = (
