@@ -57,6 +57,10 @@ class PairedSlices:
     names: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        check_tensor(self.source, "source")
+        check_tensor(self.target, "target")
+        check_tensor(self.mask, "mask")
+        check_same_device(source=self.source, target=self.target, mask=self.mask)
         for name in ("source", "target"):
             value = getattr(self, name)
             check_float(value, name)
@@ -75,7 +79,6 @@ class PairedSlices:
                     f"{name} must have the shape of source {tuple(self.source.shape)}, "
                     f"got {tuple(getattr(self, name).shape)}"
                 )
-        check_same_device(source=self.source, target=self.target, mask=self.mask)
         spacing = self.spacing
         if isinstance(spacing, (np.ndarray, Tensor)) and spacing.ndim == 1:
             spacing = spacing.tolist()

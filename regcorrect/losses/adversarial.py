@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .._checks import as_scalar, check_choice, check_float
+from .._checks import as_scalar, check_choice, check_float, check_same_device
 
 __all__ = ["GAN_MODES", "DiscriminatorOutput", "generator_loss", "discriminator_loss", "GANLoss"]
 
@@ -104,6 +104,10 @@ def discriminator_loss(
         raise ValueError(
             "real_prediction and fake_prediction must have the same number of scales, got "
             f"{len(real_items)} and {len(fake_items)}"
+        )
+    for scale, (real_item, fake_item) in enumerate(zip(real_items, fake_items, strict=True)):
+        check_same_device(
+            **{f"real_prediction[{scale}]": real_item, f"fake_prediction[{scale}]": fake_item}
         )
     real = torch.stack([_single(p, True, mode, True) for p in real_items]).mean()
     fake = torch.stack([_single(p, False, mode, True) for p in fake_items]).mean()

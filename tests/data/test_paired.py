@@ -101,3 +101,14 @@ def test_empty_indices_and_array_spacing() -> None:
     spaced = PairedSlices.from_tensors(source=pairs.source, target=pairs.target)
     spaced = type(spaced)(**{**spaced.__dict__, "spacing": np.array([1.5, 2.0])})
     assert spaced.spacing == (1.5, 2.0) and type(spaced.spacing[0]) is float
+
+
+def test_tensors_on_different_devices_are_refused() -> None:
+    pairs = make_pairs()
+    with pytest.raises(ValueError, match="target on meta"):
+        PairedSlices(
+            source=pairs.source,
+            target=pairs.target.to("meta"),
+            mask=pairs.mask,
+            slice_index=pairs.slice_index,
+        )

@@ -180,3 +180,10 @@ def test_target_flags_from_numpy_and_tensors():
     expected = GANLoss()(FAKE, True)
     for flag in (np.True_, torch.tensor(True)):
         assert torch.equal(GANLoss()(FAKE, flag), expected)
+
+
+def test_discriminator_loss_refuses_mixed_devices():
+    with pytest.raises(
+        ValueError, match="real_prediction\\[0\\] on cpu, fake_prediction\\[0\\] on meta"
+    ):
+        discriminator_loss(torch.rand(1, 1, 3, 3), torch.rand(1, 1, 3, 3, device="meta"))
