@@ -23,6 +23,7 @@ and the optimizer state stay float32.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
@@ -32,6 +33,7 @@ from torch.func import functional_call
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from ._checks import (
+    as_scalar,
     check_choice,
     check_count,
     check_finite,
@@ -170,7 +172,12 @@ class TranslationModel(nn.Module):
     ) -> None:
         super().__init__()
         check_choice(mode, "mode", MODES)
-        if not isinstance(ema_decay, (int, float)) or not 0 <= ema_decay < 1:
+        ema_decay = as_scalar(ema_decay)
+        if (
+            not isinstance(ema_decay, numbers.Real)
+            or isinstance(ema_decay, bool)
+            or not 0 <= ema_decay < 1
+        ):
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {ema_decay!r}")
         if mode.startswith("pix2pix") and not isinstance(backbone, Pix2Pix):
             raise ValueError(

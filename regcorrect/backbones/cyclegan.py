@@ -22,12 +22,14 @@ Weights are initialised from ``N(0, 0.02)`` with zero biases, as in the CycleGAN
 
 from __future__ import annotations
 
+import numbers
 from collections import OrderedDict
 
 import torch
 from torch import Tensor, nn
 
 from .._checks import (
+    as_scalar,
     check_fits_module,
     check_float,
     check_rank,
@@ -51,7 +53,8 @@ def _check_int(value: object, name: str, minimum: int) -> int:
 
 def _check_weight(value: object, name: str) -> float:
     """Raise unless ``value`` is a finite real number ``>= 0``; return it as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    value = as_scalar(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

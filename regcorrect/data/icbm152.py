@@ -7,13 +7,14 @@ license (``regcorrect/data/COPYING.icbm152.txt``) and derivation are in ``docs/d
 
 from __future__ import annotations
 
+import numbers
 from functools import lru_cache
 from importlib import resources
 
 import numpy as np
 import torch
 
-from regcorrect._checks import check_choice, check_positive
+from regcorrect._checks import as_scalar, check_choice, check_positive
 from regcorrect.data.paired import PairedSlices, pad_or_crop_pairs, resample_pairs
 
 __all__ = ["icbm152", "ICBM152_TEST_FRACTION"]
@@ -81,7 +82,8 @@ def icbm152(
         torch.Size([27, 1, 128, 128])
     """
     check_choice(split, "split", _SPLITS)
-    if not isinstance(spacing, (int, float)) or isinstance(spacing, bool):
+    spacing = as_scalar(spacing)  # type: ignore[assignment]
+    if not isinstance(spacing, numbers.Real) or isinstance(spacing, bool):
         raise TypeError(f"spacing must be a number, got {type(spacing).__name__}")
     check_positive(float(spacing), "spacing")
     if spacing < 0.25:  # 4x the template's resolution: 916 x 772 slices already

@@ -20,12 +20,14 @@ Table 1 of the paper uses ±5°, ±5 %, ±5 %: :meth:`Misalignment.custom`.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
 from torch import Tensor
 
 from regcorrect._checks import (
+    as_scalar,
     check_count,
     check_finite,
     check_float,
@@ -53,7 +55,8 @@ def check_generator(generator: object) -> None:
 
 
 def _check_range(value: float, name: str, *, below: float | None = None) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    value = as_scalar(value)  # type: ignore[assignment]
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
     if not 0 <= value < math.inf or (below is not None and value >= below):

@@ -202,8 +202,9 @@ def resample_pairs(pairs: PairedSlices, *, factor: float | tuple[float, float]) 
     """
     _check_pairs(pairs)
     factors = tuple(factor) if isinstance(factor, (tuple, list)) else (factor, factor)
+    factors = tuple(as_scalar(f) for f in factors)
     if len(factors) != 2 or not all(
-        isinstance(f, (int, float)) and not isinstance(f, bool) for f in factors
+        isinstance(f, numbers.Real) and not isinstance(f, bool) for f in factors
     ):
         raise TypeError(f"factor must be a number or a pair of numbers, got {factor!r}")
     for f in factors:

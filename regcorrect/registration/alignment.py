@@ -31,11 +31,13 @@ steps on the squared difference of the two weight maps.
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
 
 from .._checks import (
+    as_scalar,
     check_choice,
     check_count,
     check_finite,
@@ -230,7 +232,8 @@ def moment_alignment(
         ("min_anisotropy", min_anisotropy),
         ("foreground_ramp", foreground_ramp),
     ):
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        value = as_scalar(value)
+        if not isinstance(value, numbers.Real) or isinstance(value, bool):
             raise TypeError(f"{name} must be a number, got {type(value).__name__}")
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value!r}")

@@ -207,3 +207,13 @@ def test_compose_affine_and_warp_errors():
         compose_affine(identity, identity.to("meta"))
     with pytest.raises(ValueError, match=r"matrices must be invertible.*index \[0\]"):
         Misalignment.warp(torch.rand(1, 1, 6, 6), torch.zeros(1, 2, 3))  # was all NaN
+
+
+def test_numpy_float32_options_are_numbers():
+    noise = Misalignment.custom(rotation_deg=np.float32(2), translation_frac=0.01, scale_frac=0.01)
+    assert noise(torch.zeros(1, 1, 8, 8), generator=torch.Generator().manual_seed(0))[0].shape == (
+        1,
+        1,
+        8,
+        8,
+    )
