@@ -68,8 +68,10 @@ class MUNITBackbone(TranslationBackbone):
         image_reconstruction_weight: within-domain image reconstruction (``recon_x_w``, 10).
         style_reconstruction_weight: style code reconstruction (``recon_s_w``, 1).
         content_reconstruction_weight: content code reconstruction (``recon_c_w``, 1).
-        cycle_weight: explicit style-augmented cycle ``x → y → x`` (``recon_x_cyc_w``, 0 in the
-            official configs); the term is only computed when positive. Mode C only.
+        cycle_weight: explicit style-augmented cycle ``x → y → x`` (``recon_x_cyc_w``: 0 in
+            MUNIT's edges2* configs and in Reg-GAN's MUNIT trainer, which computes ``x_aba`` but
+            never adds it; 10 in its summer2winter and synthia configs); the term is only
+            computed when positive. Mode C only.
         base_channels: width of the first encoder layer (``gen.dim``, 64).
         style_dim: length of the style code (``style_dim``, 8).
         num_downsamplings: stride-2 convs of the content encoder (``n_downsample``, 2).
