@@ -319,6 +319,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         "noise_level": args.noise_level,
         **metrics,
     }
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(
         _format_metrics({f"{config.method} {config.mode.upper()} step {record['step']}": metrics})
@@ -360,6 +361,7 @@ def _translate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
     )
     volume = torch.where(foreground, (translated + 1.0) / 2.0, torch.zeros_like(translated))
+    output.parent.mkdir(parents=True, exist_ok=True)
     write_nifti_like(volume, args.input, output, axis=axis)
     print(
         f"translated {volume.shape[0]} slice{'' if volume.shape[0] == 1 else 's'} "
@@ -373,8 +375,10 @@ def _translate(args: argparse.Namespace) -> int:
 def _check_output(path: Path, force: bool) -> None:
     if path.exists() and not force:
         raise _UserError(f"output {str(path)!r} already exists; pass --force to overwrite it")
-    if not path.parent.is_dir():
-        raise _UserError(f"output folder {str(path.parent)!r} does not exist")
+    # a missing folder is made when the output is written (after the work succeeded)
+    existing = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise _UserError(f"output folder {str(path.parent)!r} is below a file, {str(existing)!r}")
 
 
 def _format_metrics(results: dict[str, dict[str, float]]) -> str:

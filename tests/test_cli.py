@@ -245,6 +245,20 @@ class TestTranslate:
         assert_user_error(capsys, main(args), "already exists.*--force")
         assert main([*args, "--force", "--axis", "1"]) == 0
 
+    def test_outputs_go_to_new_folders(self, trained, tmp_path) -> None:
+        make_volume(tmp_path / "t1.nii.gz")
+        output = tmp_path / "new" / "deeper" / "t2.nii.gz"
+        assert (
+            main(
+                ["translate", str(trained / "run"), str(tmp_path / "t1.nii.gz"), "-o", str(output)]
+            )
+            == 0
+        )
+        assert output.is_file()
+        metrics = tmp_path / "reports" / "e.json"
+        assert main(["evaluate", str(trained / "run"), "-o", str(metrics)]) == 0
+        assert metrics.is_file()
+
     def test_output_must_be_nifti(self, trained, tmp_path, capsys) -> None:
         make_volume(tmp_path / "t1.nii.gz")
         code = main(

@@ -148,7 +148,8 @@ class TrainingConfig:
 
     Data:
         data: ``"icbm152"`` (bundled), a folder in the official ``A/`` + ``B/`` ``.npy`` layout,
-            or a list ``[source.nii.gz, target.nii.gz]`` of two co-registered volumes.
+            or a list ``[source.nii.gz, target.nii.gz]`` of two volumes of the same shape and
+            pixel size, paired voxel by voxel (they may be misaligned: see ``docs/training.md``).
         test_data: held-out data of the same kinds; default: the ``"test"`` slab of icbm152,
             else the last ``test_fraction`` of the slices.
         test_fraction: share of the slices held out when ``test_data`` is not given.

@@ -60,7 +60,7 @@ def _read_source(source: str | list[str], axis: int) -> tuple[PairedSlices, bool
         return read_npy_pairs(path), False
     if path.name.endswith((".nii", ".nii.gz")):
         raise ValueError(
-            f"data {source!r} is one NIfTI file; give a list of two co-registered volumes "
+            f"data {source!r} is one NIfTI file; give a list of two volumes of the same shape, "
             "[source.nii.gz, target.nii.gz]"
         )
     raise ValueError(

@@ -45,7 +45,10 @@ def resolve_device(request: str, local_rank: int = 0) -> torch.device:
         request = "cuda" if torch.cuda.is_available() else "cpu"
     if request == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("device 'cuda' was requested, but CUDA is not available")
+            raise ValueError(
+                "device 'cuda' was requested (device: cuda, or the official key cuda: true), but "
+                "CUDA is not available; set device: cpu or pass --device cpu"
+            )
         return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
     if request == "cpu":
         return torch.device("cpu")
@@ -141,27 +144,33 @@ def broadcast_module(module: nn.Module, source: int = 0) -> None:
         dist.broadcast(tensor.data, src=source)
 
 
+#: Signals that stop a run cleanly: Ctrl-C, and SIGTERM (what ``kill``, SLURM before its time
+#: limit and ``docker stop`` send).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class StopRequest:
-    """Ctrl-C handling for a training loop: within ``with StopRequest(context) as stop:``, the
-    first SIGINT only sets a flag that :meth:`requested` reports after the current step (so the
-    loop can save and stop cleanly); a second SIGINT raises ``KeyboardInterrupt`` at once. In
+    """Ctrl-C / SIGTERM handling for a training loop: within ``with StopRequest(context) as
+    stop:``, the first SIGINT or SIGTERM only sets a flag that :meth:`requested` reports after
+    the current step (so the loop can save and stop cleanly); a second one raises
+    ``KeyboardInterrupt`` at once. In
     multi-process runs :meth:`requested` shares the flag (an ``all_reduce`` MAX, a collective
     call every rank makes each step) so that every rank stops at the same step."""
 
     def __init__(self, context: Context) -> None:
         self.context = context
         self.flag = False
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopRequest:
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+        self._previous = {}
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.flag:

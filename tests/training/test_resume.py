@@ -106,17 +106,19 @@ def test_interrupt_logs_the_steps_since_the_last_row(tmp_path) -> None:
     assert [row["step"] for row in read_csv_log(run / "train.csv")] == [2, 3, 4, 6]
 
 
-def test_ctrl_c_finishes_the_step_then_saves(tmp_path) -> None:
-    def press_ctrl_c(trainer: Trainer, losses: dict) -> None:
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_finishes_the_step_then_saves(tmp_path, number) -> None:
+    # SIGTERM: what kill, SLURM at its time limit and docker stop send (it killed the run at once)
+    def send(trainer: Trainer, losses: dict) -> None:
         if trainer.step == 2:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), number)
 
     run = tmp_path / "run"
     trainer = tiny_trainer(run, steps=6, checkpoint_every=100)
-    previous = signal.getsignal(signal.SIGINT)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with pytest.raises(KeyboardInterrupt):
-        trainer.fit(callback=press_ctrl_c)
-    assert signal.getsignal(signal.SIGINT) is previous  # the handler is put back
+        trainer.fit(callback=send)
+    assert {s: signal.getsignal(s) for s in previous} == previous  # the handlers are put back
     assert trainer.step == 2
     assert tiny_resume(run).step == 2
 
