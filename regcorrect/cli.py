@@ -14,6 +14,10 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .training import TrainingConfig
 
 __all__ = ["main", "build_parser"]
 
@@ -254,6 +258,9 @@ def _train(args: argparse.Namespace) -> int:
         changes["out_dir"] = args.out_dir
     if changes:
         config = config.replace(**changes)
+    if not args.quiet and os.environ.get("RANK", "0") == "0":  # once under torchrun
+        for note in own_data_notes(config):
+            print(f"regcorrect: note: {note}", file=sys.stderr)
     if args.resume is not None:
         if args.force:
             raise _UserError("--resume and --force contradict each other; give one")
@@ -274,6 +281,32 @@ def _train(args: argparse.Namespace) -> int:
         if trainer.out_dir is not None:
             print(f"checkpoint: {trainer.out_dir / 'checkpoint.pt'}")
     return 0
+
+
+def own_data_notes(config: TrainingConfig) -> list[str]:
+    """Hints for a run on the user's own NIfTI pair with settings meant for the bundled,
+    perfectly aligned templates (``docs/training.md``, "Your own misaligned scans")."""
+    if not isinstance(config.data, list):  # icbm152 or an A/ + B/ folder
+        return []
+    notes = []
+    if config.mode.endswith("+r") and config.initial_alignment is None:
+        notes.append(
+            "initial_alignment is null (the paper's R): with a misalignment that is the same in "
+            "every pair (head motion between the scans), G can learn it and R stay at the "
+            "identity; initial_alignment: source avoids that (docs/training.md, 'Your own "
+            "misaligned scans')"
+        )
+    if config.noise_level > 0:
+        notes.append(
+            f"noise_level {config.noise_level} adds synthetic misalignment on top of your "
+            "pair's own; set noise_level: 0 for pairs that are misaligned already"
+        )
+    if config.test_data is None:
+        notes.append(
+            "no test_data: the held-out slices are the end of your (misaligned) pair, so the "
+            "metrics compare with a misaligned target"
+        )
+    return notes
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -13,8 +13,8 @@ import pytest
 import torch
 import yaml
 
-from regcorrect.cli import main
-from regcorrect.training import load_checkpoint
+from regcorrect.cli import main, own_data_notes
+from regcorrect.training import TrainingConfig, load_checkpoint
 
 from .training.helpers import tiny_settings
 
@@ -244,6 +244,16 @@ class TestTranslate:
         assert data[volume > 0].std() > 0  # the brain was translated, not blanked
         assert_user_error(capsys, main(args), "already exists.*--force")
         assert main([*args, "--force", "--axis", "1"]) == 0
+
+    def test_own_data_notes(self, tmp_path) -> None:
+        pair = [str(tmp_path / "t1.nii.gz"), str(tmp_path / "t2.nii.gz")]
+        notes = own_data_notes(TrainingConfig(data=pair))  # the paper's defaults on own data
+        assert len(notes) == 3
+        assert "initial_alignment" in notes[0] and "noise_level 1" in notes[1]
+        assert "test_data" in notes[2]
+        tuned = TrainingConfig(data=pair, test_data=pair, noise_level=0, initial_alignment="source")
+        assert own_data_notes(tuned) == []
+        assert own_data_notes(TrainingConfig()) == []  # the bundled templates: no note
 
     def test_outputs_go_to_new_folders(self, trained, tmp_path) -> None:
         make_volume(tmp_path / "t1.nii.gz")
