@@ -270,6 +270,12 @@ def _train(args: argparse.Namespace) -> int:
                 raise _UserError("--resume needs a CHECKPOINT when out_dir is null")
             checkpoint = str(Path(config.out_dir) / "checkpoint.pt")
         trainer = Trainer.resume(checkpoint, config, progress=not args.quiet)
+        if trainer.step >= trainer.total_steps and trainer.context.is_main:
+            print(
+                f"regcorrect: the run is already at step {trainer.step} of "
+                f"{trainer.total_steps}; nothing to train (raise steps or epochs to continue)",
+                file=sys.stderr,
+            )
     else:
         trainer = Trainer(config, progress=not args.quiet, overwrite=args.force)
     try:

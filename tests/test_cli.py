@@ -104,12 +104,15 @@ class TestTrain:
         assert err[0].startswith("regcorrect: error: training diverged at step "), err[0]
         assert "checkpoint.pt still holds step" in err[0]
 
-    def test_resume_continues_to_the_new_step_count(self, tmp_path) -> None:
+    def test_resume_continues_to_the_new_step_count(self, tmp_path, capsys) -> None:
         config = write_config(tmp_path / "config.yaml", steps=1)
         assert main(["train", str(config), "--quiet"]) == 0
         write_config(tmp_path / "config.yaml", steps=2)
         assert main(["train", str(config), "--quiet", "--resume"]) == 0
         assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["training"]["step"] == 2
+        capsys.readouterr()
+        assert main(["train", str(config), "--quiet", "--resume"]) == 0  # finished already
+        assert "already at step 2 of 2; nothing to train" in capsys.readouterr().err
 
     def test_resume_into_another_run_folder_is_refused(self, tmp_path, capsys) -> None:
         (tmp_path / "a").mkdir()

@@ -71,19 +71,20 @@ def _read_source(source: str | list[str], axis: int) -> tuple[PairedSlices, bool
 def _read_nifti_pair(source_path: str, target_path: str, axis: int) -> PairedSlices:
     source = read_nifti_slices(source_path, axis=axis)
     target = read_nifti_slices(target_path, axis=axis)
-    if source.slices.shape != target.slices.shape:
-        raise ValueError(
-            f"source {source_path!r} and target {target_path!r} must be on the same grid, got "
-            f"slices {tuple(source.slices.shape)} and {tuple(target.slices.shape)}"
-        )
-    # a misalignment (other origin or orientation) is what training absorbs; other voxel
-    # sizes would put the two contrasts at different scales
+    # paired voxel by voxel: other voxel sizes would put the two contrasts at different scales
+    # (checked first: it is the likelier cause of different shapes, and its fix is the same)
     pixel_sizes = zip(source.spacing, target.spacing, strict=True)
     if any(abs(a - b) > 1e-3 * max(a, b) for a, b in pixel_sizes):
         raise ValueError(
             f"source {source_path!r} and target {target_path!r} must have the same in-plane "
             f"pixel size, got {tuple(source.spacing)} and {tuple(target.spacing)} mm; resample "
             "one onto the other's grid first"
+        )
+    if source.slices.shape != target.slices.shape:
+        raise ValueError(
+            f"source {source_path!r} and target {target_path!r} must be on the same grid, got "
+            f"slices {tuple(source.slices.shape)} and {tuple(target.slices.shape)}; resample one "
+            "onto the other's grid first"
         )
     mask = (source.slices != 0) | (target.slices != 0)
     keep = mask.flatten(1).float().mean(1) > MIN_FOREGROUND
