@@ -48,6 +48,12 @@ def is_int(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def is_real(value: object) -> bool:
+    """Whether ``value`` (after :func:`as_scalar`) is a real number, not a bool."""
+    value = as_scalar(value)
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def check_tensor(value: object, name: str) -> Tensor:
     """Raise ``TypeError`` unless ``value`` is a tensor; return it."""
     if not isinstance(value, Tensor):
@@ -164,12 +170,7 @@ def check_positive(value: float, name: str, *, strict: bool = True) -> float:
     not strict); else ``ValueError`` naming ``name``."""
     sign = "> 0" if strict else ">= 0"
     value = as_scalar(value)  # type: ignore[assignment]
-    ok = (
-        isinstance(value, numbers.Real)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and (value > 0 if strict else value >= 0)
-    )
+    ok = is_real(value) and math.isfinite(value) and (value > 0 if strict else value >= 0)
     if not ok:
         raise ValueError(f"{name} must be {sign} (a finite number), got {value!r}")
     return float(value)

@@ -293,7 +293,6 @@ class RegistrationCorrection(nn.Module):
             if self.generator is None:
                 raise ValueError("translated must be given when the model has no generator")
             check_source(source, target)
-            check_same_device(source=source, target=target)
             translated = self.generator(source)
         check_float(translated, "translated")
         check_same_device(translated=translated, target=target)

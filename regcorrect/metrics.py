@@ -22,7 +22,6 @@ Channels are averaged together (one value per batch item).
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +36,7 @@ from ._checks import (
     check_same_shape_and_device,
     check_tensor,
     is_int,
+    is_real,
 )
 
 __all__ = ["nmae", "psnr", "ssim", "foreground_mask"]
@@ -53,7 +53,7 @@ def foreground_mask(target: Tensor, mask: Tensor | None = None, background: floa
     """Boolean foreground of ``target`` ``(B, C, *spatial)``: ``mask`` broadcast, or ``target != background``."""
     check_tensor(target, "target")
     background = as_scalar(background)  # type: ignore[assignment]
-    if isinstance(background, bool) or not isinstance(background, numbers.Real):
+    if not is_real(background):
         raise TypeError(f"background must be a number, got {background!r}")
     if mask is None:
         return target != background
@@ -167,11 +167,7 @@ def ssim(
         raise ValueError(f"win_size must be an odd integer >= 3, got {win_size!r}")
     win_size = int(as_scalar(win_size))
     data_range = as_scalar(data_range)
-    if (
-        not isinstance(data_range, numbers.Real)
-        or isinstance(data_range, bool)
-        or not 0 < data_range < math.inf
-    ):
+    if not is_real(data_range) or not 0 < data_range < math.inf:
         raise ValueError(f"data_range must be a finite number > 0, got {data_range!r}")
     data_range = float(data_range)
     if any(s < win_size for s in target.shape[2:]):

@@ -23,7 +23,6 @@ and the optimizer state stay float32.
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
@@ -43,6 +42,7 @@ from ._checks import (
     check_same_batch_and_spatial,
     check_same_device,
     check_tensor,
+    is_real,
 )
 from .backbones import METHODS, GeneratorOutput, Pix2Pix, TranslationBackbone
 from .correction import INITIAL_ALIGNMENTS, frozen, run_registration
@@ -173,11 +173,7 @@ class TranslationModel(nn.Module):
         super().__init__()
         check_choice(mode, "mode", MODES)
         ema_decay = as_scalar(ema_decay)
-        if (
-            not isinstance(ema_decay, numbers.Real)
-            or isinstance(ema_decay, bool)
-            or not 0 <= ema_decay < 1
-        ):
+        if not is_real(ema_decay) or not 0 <= ema_decay < 1:
             raise ValueError(f"ema_decay must be in [0, 1) (0: off), got {ema_decay!r}")
         if mode.startswith("pix2pix") and not isinstance(backbone, Pix2Pix):
             raise ValueError(

@@ -22,7 +22,6 @@ Weights are initialised from ``N(0, 0.02)`` with zero biases, as in the CycleGAN
 
 from __future__ import annotations
 
-import numbers
 from collections import OrderedDict
 
 import torch
@@ -35,6 +34,7 @@ from .._checks import (
     check_rank,
     check_same_batch_and_spatial,
     check_same_shape_and_device,
+    is_real,
 )
 from ..losses.cycle import cycle_loss
 from .base import GeneratorOutput, TranslationBackbone
@@ -54,7 +54,7 @@ def _check_int(value: object, name: str, minimum: int) -> int:
 def _check_weight(value: object, name: str) -> float:
     """Raise unless ``value`` is a finite real number ``>= 0``; return it as a float."""
     value = as_scalar(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not value >= 0 or value == float("inf"):
         raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")

@@ -12,13 +12,19 @@ augmentation narrows that gap (``docs/results/augmented/noise_sweep.md``).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
-from regcorrect._checks import as_scalar, check_count, check_float, check_rank, check_tensor
+from regcorrect._checks import (
+    as_scalar,
+    check_count,
+    check_float,
+    check_rank,
+    check_tensor,
+    is_real,
+)
 from regcorrect.data.misalignment import (
     Misalignment,
     _check_range,
@@ -38,7 +44,7 @@ def _check_scale_range(scale_range: Sequence[float]) -> tuple[float, float]:
     if (
         not isinstance(scale_range, tuple)
         or len(scale_range) != 2
-        or not all(isinstance(s, numbers.Real) and not isinstance(s, bool) for s in scale_range)
+        or not all(is_real(s) for s in scale_range)
     ):
         raise TypeError(f"scale_range must be a pair (low, high) of numbers, got {scale_range!r}")
     low, high = float(scale_range[0]), float(scale_range[1])

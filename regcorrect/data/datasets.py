@@ -22,22 +22,11 @@ from torch.utils.data import Dataset
 from regcorrect._checks import check_count
 from regcorrect.data.augmentation import PairAugmentation
 from regcorrect.data.misalignment import Misalignment, compose_affine
-from regcorrect.data.paired import PairedSlices
+from regcorrect.data.paired import PairedSlices, check_pairs
 
 __all__ = ["MisalignedPairs", "AlignedPairs"]
 
 Item = dict[str, Tensor | int]
-
-
-def _check_pairs(pairs: object) -> PairedSlices:
-    if not isinstance(pairs, PairedSlices):
-        raise TypeError(
-            "pairs must be a PairedSlices (see PairedSlices.from_tensors), "
-            f"got {type(pairs).__name__}"
-        )
-    if len(pairs) == 0:
-        raise ValueError("pairs must hold at least one slice, got 0")
-    return pairs
 
 
 def _check_index(index: int, length: int) -> int:
@@ -59,7 +48,7 @@ class AlignedPairs(Dataset):
     """
 
     def __init__(self, pairs: PairedSlices) -> None:
-        self.pairs = _check_pairs(pairs)
+        self.pairs = check_pairs(pairs, nonempty=True)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -127,7 +116,7 @@ class MisalignedPairs(Dataset):
         warp_source: bool = True,
         augmentation: PairAugmentation | None = None,
     ) -> None:
-        self.pairs = _check_pairs(pairs)
+        self.pairs = check_pairs(pairs, nonempty=True)
         if not isinstance(misalignment, Misalignment):
             raise TypeError(
                 f"misalignment must be a Misalignment, got {type(misalignment).__name__}"

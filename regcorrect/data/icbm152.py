@@ -7,14 +7,13 @@ license (``regcorrect/data/COPYING.icbm152.txt``) and derivation are in ``docs/d
 
 from __future__ import annotations
 
-import numbers
 from functools import lru_cache
 from importlib import resources
 
 import numpy as np
 import torch
 
-from regcorrect._checks import as_scalar, check_choice, check_positive
+from regcorrect._checks import as_scalar, check_choice, check_positive, is_real
 from regcorrect.data.paired import PairedSlices, pad_or_crop_pairs, resample_pairs
 
 __all__ = ["icbm152", "ICBM152_TEST_FRACTION"]
@@ -83,7 +82,7 @@ def icbm152(
     """
     check_choice(split, "split", _SPLITS)
     spacing = as_scalar(spacing)  # type: ignore[assignment]
-    if not isinstance(spacing, numbers.Real) or isinstance(spacing, bool):
+    if not is_real(spacing):
         raise TypeError(f"spacing must be a number, got {type(spacing).__name__}")
     check_positive(float(spacing), "spacing")
     if spacing < 0.25:  # 4x the template's resolution: 916 x 772 slices already

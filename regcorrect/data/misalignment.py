@@ -20,7 +20,6 @@ Table 1 of the paper uses ±5°, ±5 %, ±5 %: :meth:`Misalignment.custom`.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from kornia.geometry.transform import get_rotation_matrix2d, warp_affine
@@ -34,6 +33,7 @@ from regcorrect._checks import (
     check_rank,
     check_same_device,
     check_tensor,
+    is_real,
 )
 
 __all__ = ["Misalignment", "NOISE_LEVELS", "compose_affine"]
@@ -56,7 +56,7 @@ def check_generator(generator: object) -> None:
 
 def _check_range(value: float, name: str, *, below: float | None = None) -> float:
     value = as_scalar(value)  # type: ignore[assignment]
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+    if not is_real(value):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     value = float(value)
     if not 0 <= value < math.inf or (below is not None and value >= below):

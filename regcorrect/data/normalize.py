@@ -7,7 +7,6 @@ metrics and masks treat ``x == -1`` as background.
 
 from __future__ import annotations
 
-import numbers
 from typing import Literal
 
 import torch
@@ -21,6 +20,7 @@ from regcorrect._checks import (
     check_float,
     check_same_shape_and_device,
     check_tensor,
+    is_real,
 )
 
 __all__ = ["normalize_intensity"]
@@ -34,7 +34,7 @@ def _check_percentiles(percentiles: tuple[float, float]) -> tuple[float, float]:
     if (
         not isinstance(percentiles, tuple)
         or len(percentiles) != 2
-        or not all(isinstance(p, numbers.Real) and not isinstance(p, bool) for p in percentiles)
+        or not all(is_real(p) for p in percentiles)
     ):
         raise ValueError(f"percentiles must be a pair (low, high) of numbers, got {percentiles!r}")
     low, high = float(percentiles[0]), float(percentiles[1])

@@ -9,7 +9,6 @@ Convention:
 from __future__ import annotations
 
 import math
-import numbers
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -28,6 +27,7 @@ from regcorrect._checks import (
     check_same_device,
     check_same_shape_and_device,
     check_tensor,
+    is_real,
 )
 
 __all__ = ["PairedSlices", "resample_pairs", "pad_or_crop_pairs"]
@@ -87,10 +87,7 @@ class PairedSlices:
         if (
             not isinstance(spacing, tuple)
             or len(spacing) != 2
-            or not all(
-                isinstance(s, numbers.Real) and not isinstance(s, bool) and 0 < s < math.inf
-                for s in spacing
-            )
+            or not all(is_real(s) and 0 < s < math.inf for s in spacing)
         ):
             raise ValueError(
                 f"spacing must be a pair (row, column) of pixel sizes > 0 in mm, got "
@@ -178,9 +175,17 @@ def _with_background(image: Tensor, mask: Tensor) -> Tensor:
     return torch.where(mask, image.clamp(-1.0, 1.0), torch.full_like(image, -1.0))
 
 
-def _check_pairs(pairs: object) -> None:
+def check_pairs(pairs: object, *, nonempty: bool = False) -> PairedSlices:
+    """``pairs`` if it is a :class:`PairedSlices` (with at least one slice if ``nonempty``),
+    else ``TypeError`` / ``ValueError`` naming ``pairs``."""
     if not isinstance(pairs, PairedSlices):
-        raise TypeError(f"pairs must be PairedSlices, got {type(pairs).__name__}")
+        raise TypeError(
+            "pairs must be a PairedSlices (see PairedSlices.from_tensors), "
+            f"got {type(pairs).__name__}"
+        )
+    if nonempty and len(pairs) == 0:
+        raise ValueError("pairs must hold at least one slice, got 0")
+    return pairs
 
 
 def resample_pairs(pairs: PairedSlices, *, factor: float | tuple[float, float]) -> PairedSlices:
@@ -200,12 +205,10 @@ def resample_pairs(pairs: PairedSlices, *, factor: float | tuple[float, float]) 
     Returns:
         Resampled pairs; ``factor=1.0`` returns ``pairs`` unchanged.
     """
-    _check_pairs(pairs)
+    check_pairs(pairs)
     factors = tuple(factor) if isinstance(factor, (tuple, list)) else (factor, factor)
     factors = tuple(as_scalar(f) for f in factors)
-    if len(factors) != 2 or not all(
-        isinstance(f, numbers.Real) and not isinstance(f, bool) for f in factors
-    ):
+    if len(factors) != 2 or not all(is_real(f) for f in factors):
         raise TypeError(f"factor must be a number or a pair of numbers, got {factor!r}")
     for f in factors:
         check_positive(float(f), "factor")
@@ -265,7 +268,7 @@ def pad_or_crop_pairs(pairs: PairedSlices, *, size: int | tuple[int, int]) -> Pa
     Returns:
         Pairs of shape ``(N, 1, H', W')``.
     """
-    _check_pairs(pairs)
+    check_pairs(pairs)
     if isinstance(size, int) and not isinstance(size, bool):
         size = (size, size)
     if (

@@ -31,7 +31,6 @@ steps on the squared difference of the two weight maps.
 from __future__ import annotations
 
 import math
-import numbers
 
 import torch
 from torch import Tensor
@@ -45,6 +44,7 @@ from .._checks import (
     check_rank,
     check_same_batch_and_spatial,
     check_same_device,
+    is_real,
 )
 from .._precision import without_autocast
 from .grid import centred_coordinates, centring_half
@@ -233,7 +233,7 @@ def moment_alignment(
         ("foreground_ramp", foreground_ramp),
     ):
         value = as_scalar(value)
-        if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        if not is_real(value):
             raise TypeError(f"{name} must be a number, got {type(value).__name__}")
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value!r}")

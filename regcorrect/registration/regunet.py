@@ -527,27 +527,26 @@ class RegUNet(nn.Module):
     def _moment_fields(self, moving: Tensor, fixed: Tensor) -> RegistrationFields:
         """The moment alignment of ``moving`` onto ``fixed`` as fields (no gradient)."""
         with without_autocast(moving.device.type):  # float32 matrices, also under autocast
-            return self._moment_fields_float(moving, fixed)
-
-    def _moment_fields_float(self, moving: Tensor, fixed: Tensor) -> RegistrationFields:
-        spatial = tuple(moving.shape[2:])
-        matrix = moment_alignment(moving, fixed)  # kornia convention: (x, y[, z]), moving -> fixed
-        forward, shift = matrix[:, :, :-1].flip(1, 2), matrix[:, :, -1].flip(1)  # axis order
-        # backward field u(p) = forward^-1 (p - shift) - p; on centred coordinates p = q + o:
-        # u = (forward^-1 - I) q + forward^-1 (o - shift) - o
-        inverse = torch.linalg.inv(forward)
-        origin = torch.tensor([(size - 1) / 2.0 for size in spatial], dtype=inverse.dtype)
-        origin = origin.to(inverse.device)[:, None]
-        identity = torch.eye(self.spatial_dims, dtype=inverse.dtype, device=inverse.device)
-        offset = (inverse @ (origin - shift[:, :, None]) - origin) / centring_half(spatial)
-        theta = torch.cat([inverse - identity, offset], dim=2)
-        theta = theta.to(torch.promote_types(moving.dtype, torch.float32))
-        displacement = self._affine_field(theta, spatial)
-        return RegistrationFields(
-            displacement=displacement,
-            residual=torch.zeros_like(displacement),
-            affine=theta if self.affine else None,
-        )
+            spatial = tuple(moving.shape[2:])
+            matrix = moment_alignment(
+                moving, fixed
+            )  # kornia convention: (x, y[, z]), moving -> fixed
+            forward, shift = matrix[:, :, :-1].flip(1, 2), matrix[:, :, -1].flip(1)  # axis order
+            # backward field u(p) = forward^-1 (p - shift) - p; on centred coordinates p = q + o:
+            # u = (forward^-1 - I) q + forward^-1 (o - shift) - o
+            inverse = torch.linalg.inv(forward)
+            origin = torch.tensor([(size - 1) / 2.0 for size in spatial], dtype=inverse.dtype)
+            origin = origin.to(inverse.device)[:, None]
+            identity = torch.eye(self.spatial_dims, dtype=inverse.dtype, device=inverse.device)
+            offset = (inverse @ (origin - shift[:, :, None]) - origin) / centring_half(spatial)
+            theta = torch.cat([inverse - identity, offset], dim=2)
+            theta = theta.to(torch.promote_types(moving.dtype, torch.float32))
+            displacement = self._affine_field(theta, spatial)
+            return RegistrationFields(
+                displacement=displacement,
+                residual=torch.zeros_like(displacement),
+                affine=theta if self.affine else None,
+            )
 
     def _one_pass(self, x: Tensor) -> RegistrationFields:
         spatial = tuple(x.shape[2:])

@@ -15,17 +15,13 @@ from torch import Tensor
 
 from .._checks import check_count
 from ..data import AlignedPairs, MisalignedPairs, Misalignment, PairedSlices
+from ..data.paired import check_pairs
 from ..metrics import nmae, psnr, ssim
 
 __all__ = ["evaluate_translation", "evaluate_model", "fit_linear_map", "METRICS"]
 
 #: Metric names, in report order; lower is better only for ``"nmae"``.
 METRICS = ("nmae", "psnr", "ssim")
-
-
-def _check_pairs(pairs: object) -> None:
-    if not isinstance(pairs, PairedSlices):
-        raise TypeError(f"pairs must be PairedSlices, got {type(pairs).__name__}")
 
 
 def _test_batches(
@@ -70,10 +66,8 @@ def evaluate_translation(
     """
     if not callable(translate):
         raise TypeError(f"translate must be callable, got {type(translate).__name__}")
-    _check_pairs(pairs)
+    check_pairs(pairs, nonempty=True)
     batch_size = check_count(batch_size, "batch_size", minimum=1)
-    if len(pairs) == 0:
-        raise ValueError("pairs must hold at least one slice")
     values: dict[str, list[Tensor]] = {name: [] for name in METRICS}
     for source, target, mask in _test_batches(pairs, batch_size, noise_level, seed):
         prediction = translate(source).float().cpu().clamp(-1.0, 1.0)
@@ -106,7 +100,7 @@ def fit_linear_map(pairs: PairedSlices) -> tuple[float, float]:
     Raises:
         ValueError: no foreground pixel (an all-false ``pairs.mask``).
     """
-    _check_pairs(pairs)
+    check_pairs(pairs)
     if not bool(pairs.mask.any()):
         raise ValueError("pairs has no foreground pixel (its mask is all false): nothing to fit")
     source = pairs.source[pairs.mask].double()

@@ -73,9 +73,9 @@ def test_zero_dim_indices_and_type_errors() -> None:
     pairs = make_pairs()
     for key in (np.int64(1), torch.tensor(1)):
         assert torch.equal(pairs[key].source, pairs[1].source)
-    with pytest.raises(TypeError, match="pairs must be PairedSlices, got Tensor"):
+    with pytest.raises(TypeError, match="pairs must be a PairedSlices .*got Tensor"):
         pad_or_crop_pairs(torch.zeros(1, 1, 4, 4), size=4)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="pairs must be PairedSlices"):
+    with pytest.raises(TypeError, match="pairs must be a PairedSlices"):
         resample_pairs(torch.zeros(1, 1, 4, 4), factor=2.0)  # type: ignore[arg-type]
 
 
